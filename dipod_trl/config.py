@@ -1,0 +1,159 @@
+"""`DiPODConfig`: `GRPOConfig` plus the knobs of diffusion sampling, likelihood estimation and the DiPOD term."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+LIKELIHOOD_ESTIMATORS = ("elbo", "one_step", "spg")
+REMASKING = ("low_confidence", "random")
+NORMALIZATIONS = ("sequence", "token")
+
+
+@dataclass
+class DiPODConfig(GRPOConfig):
+    r"""
+    Configuration class for [`DiPODTrainer`]: RL post-training of masked diffusion language models with DiPOD.
+
+    Everything of [`trl.GRPOConfig`] applies (batching, `num_generations`, `num_iterations`, `epsilon`, `beta`,
+    `loss_type` for the one-step estimator, logging, ...). The fields below are added.
+
+    Parameters:
+        > Likelihood estimation (the proxy for the intractable log-likelihood)
+
+        likelihood_estimator (`str`, *optional*, defaults to `"elbo"`):
+            `"elbo"`: FPO, PPO-clip on the per-sequence ratio `exp(ELBO_new - ELBO_old)` of the Monte-Carlo
+            masked-diffusion ELBO. `"one_step"`: diffu-GRPO, per-token log-probs from one forward with the completion
+            fully masked and prompt tokens masked with probability `p_mask_prompt`; trained with TRL's token-level
+            `loss_type`. `"spg"`: SPG's sandwich, the ELBO for positive-advantage sequences and a mix of an upper
+            bound (EUBO) and the ELBO for negative ones.
+        elbo_samples (`int`, *optional*, defaults to `4`):
+            Monte-Carlo samples (number of masked tokens and mask pattern) per sequence for the ELBO.
+        elbo_batch_size (`int` or `None`, *optional*, defaults to `None`):
+            Forward at most this many masked copies at once when estimating the ELBO. `None` runs all
+            `batch * elbo_samples` copies in one forward.
+        p_mask_prompt (`float`, *optional*, defaults to `0.15`):
+            `one_step` only: probability of masking each prompt token.
+        spg_omega (`float`, *optional*, defaults to `0.5`):
+            `spg` only: weight of the upper bound in the negative-advantage mix `omega * EUBO + (1 - omega) * ELBO`.
+        spg_eubo_beta (`float`, *optional*, defaults to `1.0`):
+            `spg` only: Renyi order of the upper bound; must be positive.
+        normalization (`str`, *optional*, defaults to `"sequence"`):
+            How ELBO-based terms are normalised. `"sequence"` (the paper's FPO code): the ELBO of a sequence is summed
+            over its tokens, ratios are `exp` of that difference, and losses are averaged over sequences.
+            `"token"`: the ELBO is divided by the number of completion tokens first (a per-token average), which
+            keeps the ratio and the DiPOD term on the scale of one token whatever the completion length.
+
+        > DiPOD: self-distillation on the policy's own completions
+
+        dipod_beta (`float`, *optional*, defaults to `0.05`):
+            Weight of the DiPOD term `dipod_beta * (-ELBO_theta(on-policy completions))` added to every estimator's
+            loss. `0.0` disables it exactly (and skips any extra forward it would need).
+
+        > Diffusion sampling
+
+        diffusion_steps (`int` or `None`, *optional*, defaults to `None`):
+            Denoising steps for a whole completion. `None` uses `max_completion_length // 2`, as the paper's runs.
+        block_length (`int`, *optional*, defaults to `32`):
+            Semi-autoregressive block length; `max_completion_length` must be a multiple of it.
+        remasking (`str`, *optional*, defaults to `"low_confidence"`):
+            Which masked tokens are revealed at each step: the most confident (`"low_confidence"`, LLaDA's default)
+            or uniformly random ones (`"random"`).
+        cfg_scale (`float`, *optional*, defaults to `0.0`):
+            Classifier-free guidance scale (`0.0` disables it; the unconditional pass masks the prompt).
+
+        > Model
+
+        mask_token_id (`int` or `None`, *optional*, defaults to `None`):
+            Id of the mask token. `None` resolves it from the tokenizer (`mask_token_id`) or the model config.
+        shifted_logits (`bool` or `None`, *optional*, defaults to `None`):
+            Whether the model's logits at position `i` predict token `i + 1` (Dream-style models adapted from an
+            autoregressive LM). `None` detects Dream by its config and assumes unshifted (LLaDA/BERT style) otherwise.
+        check_bidirectional (`bool`, *optional*, defaults to `True`):
+            Probe the model once at start-up and refuse it if its attention is causal.
+    """
+
+    likelihood_estimator: str = field(
+        default="elbo",
+        metadata={"help": "Proxy likelihood: 'elbo' (FPO), 'one_step' (diffu-GRPO) or 'spg' (ELBO/EUBO sandwich).",
+                  "choices": list(LIKELIHOOD_ESTIMATORS)},
+    )
+    elbo_samples: int = field(default=4, metadata={"help": "Monte-Carlo samples per sequence for the ELBO."})
+    elbo_batch_size: int | None = field(
+        default=None, metadata={"help": "Max masked copies per ELBO forward (None: all in one forward)."}
+    )
+    p_mask_prompt: float = field(default=0.15, metadata={"help": "one_step: probability of masking a prompt token."})
+    spg_omega: float = field(default=0.5, metadata={"help": "spg: weight of the EUBO in the negative-advantage mix."})
+    spg_eubo_beta: float = field(default=1.0, metadata={"help": "spg: Renyi order of the upper bound (> 0)."})
+    normalization: str = field(
+        default="sequence",
+        metadata={"help": "ELBO normalisation: 'sequence' (sum over tokens, mean over sequences) or 'token'.",
+                  "choices": list(NORMALIZATIONS)},
+    )
+    dipod_beta: float = field(
+        default=0.05, metadata={"help": "Weight of the DiPOD on-policy ELBO term; 0 disables it exactly."}
+    )
+    diffusion_steps: int | None = field(
+        default=None, metadata={"help": "Denoising steps per completion (None: max_completion_length // 2)."}
+    )
+    block_length: int = field(default=32, metadata={"help": "Semi-autoregressive block length."})
+    remasking: str = field(
+        default="low_confidence",
+        metadata={"help": "Remasking strategy: 'low_confidence' or 'random'.", "choices": list(REMASKING)},
+    )
+    cfg_scale: float = field(default=0.0, metadata={"help": "Classifier-free guidance scale (0 disables)."})
+    mask_token_id: int | None = field(
+        default=None, metadata={"help": "Mask token id (None: from the tokenizer or the model config)."}
+    )
+    shifted_logits: bool | None = field(
+        default=None, metadata={"help": "Logits at i predict token i+1 (Dream). None: detect from the config."}
+    )
+    check_bidirectional: bool = field(
+        default=True, metadata={"help": "Refuse models whose attention is causal (probed once at start-up)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.likelihood_estimator not in LIKELIHOOD_ESTIMATORS:
+            raise ValueError(
+                f"likelihood_estimator must be one of {LIKELIHOOD_ESTIMATORS}, got {self.likelihood_estimator!r}."
+            )
+        if self.remasking not in REMASKING:
+            raise ValueError(f"remasking must be one of {REMASKING}, got {self.remasking!r}.")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}.")
+        if self.elbo_samples < 1:
+            raise ValueError(f"elbo_samples must be >= 1, got {self.elbo_samples}.")
+        if self.elbo_batch_size is not None and self.elbo_batch_size < 1:
+            raise ValueError(f"elbo_batch_size must be >= 1 or None, got {self.elbo_batch_size}.")
+        if not 0.0 <= self.p_mask_prompt < 1.0:
+            raise ValueError(f"p_mask_prompt must be in [0, 1), got {self.p_mask_prompt}.")
+        if not 0.0 <= self.spg_omega <= 1.0:
+            raise ValueError(f"spg_omega must be in [0, 1], got {self.spg_omega}.")
+        if self.spg_eubo_beta <= 0:
+            raise ValueError(f"spg_eubo_beta must be > 0, got {self.spg_eubo_beta}.")
+        if self.dipod_beta < 0:
+            raise ValueError(f"dipod_beta must be >= 0, got {self.dipod_beta}.")
+        if self.max_completion_length is None:
+            raise ValueError("max_completion_length must be set: a diffusion LM generates a fixed-length canvas.")
+        if self.block_length < 1 or self.max_completion_length % self.block_length != 0:
+            raise ValueError(
+                f"max_completion_length ({self.max_completion_length}) must be a positive multiple of block_length "
+                f"({self.block_length}); change one of them."
+            )
+        if self.diffusion_steps is None:
+            self.diffusion_steps = max(self.max_completion_length // 2, 1)
+        num_blocks = self.max_completion_length // self.block_length
+        if self.diffusion_steps % num_blocks != 0:
+            raise ValueError(
+                f"diffusion_steps ({self.diffusion_steps}) must be a multiple of the number of blocks "
+                f"({num_blocks} = max_completion_length / block_length)."
+            )
+        if self.use_vllm or self.use_transformers_continuous_batching:
+            raise ValueError(
+                "vLLM and continuous batching generate autoregressively; DiPODTrainer samples with its own diffusion "
+                "sampler. Set use_vllm=False and use_transformers_continuous_batching=False."
+            )
+        if self.top_entropy_quantile < 1.0:
+            raise ValueError("top_entropy_quantile < 1 is not supported for diffusion LMs; leave it at 1.0.")

@@ -1,0 +1,235 @@
+"""Rollouts, GAE critic and the PPO / FPO / FPO+DiPOD update loop.
+
+Reading order: ``ControlTrainer.train`` -> ``collect`` (one on-policy batch) -> ``update`` (clipped surrogate epochs)
+-> ``evaluate`` (deterministic episodes). ``run_experiment`` wires the trainer to CSV / PNG outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .config import ControlConfig
+from .envs import ActionScaler, ObsNormalizer, RewardScaler, final_observations, make_vec_env
+from .fpo import draw_cfm_noise, fpo_loss, gae, gaussian_ppo_loss, value_loss
+from .policy import Critic, FlowPolicy, GaussianPolicy
+
+
+@dataclass
+class Rollout:
+    """One on-policy batch, time-major (T, N, ...). ``cfm_t``/``cfm_eps`` are the MC draws FPO reuses."""
+
+    obs: Tensor
+    act: Tensor
+    rewards: Tensor
+    dones: Tensor
+    values: Tensor
+    last_value: Tensor
+    logp: Tensor | None = None
+    cfm_t: Tensor | None = None
+    cfm_eps: Tensor | None = None
+
+
+class ControlTrainer:
+    def __init__(self, cfg: ControlConfig) -> None:
+        self.cfg = cfg.validate()
+        torch.set_num_threads(cfg.torch_threads)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.use_deterministic_algorithms(True)
+
+        self.envs = make_vec_env(cfg.env_id, cfg.num_envs)
+        obs_dim = int(np.prod(self.envs.single_observation_space.shape))
+        self.act_dim = int(np.prod(self.envs.single_action_space.shape))
+        self.obs_norm = ObsNormalizer((obs_dim,), cfg.normalize_obs)
+        self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma, cfg.normalize_reward)
+        self.act_scaler = ActionScaler(self.envs.single_action_space)
+
+        self.is_flow = cfg.algo != "ppo"
+        self.policy: FlowPolicy | GaussianPolicy
+        if self.is_flow:
+            self.policy = FlowPolicy(obs_dim, self.act_dim, cfg.hidden_sizes, cfg.activation, cfg.flow_steps)
+        else:
+            self.policy = GaussianPolicy(obs_dim, self.act_dim, cfg.hidden_sizes, cfg.activation, cfg.init_log_std)
+        self.critic = Critic(obs_dim, cfg.hidden_sizes, cfg.activation)
+        self.params = [*self.policy.parameters(), *self.critic.parameters()]
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=1e-5)
+        self.dipod_beta = cfg.dipod_beta if cfg.algo == "fpo_dipod" else 0.0
+        # Optional warm-up teacher: a frozen copy of the initial flow policy.
+        self.teacher = copy.deepcopy(self.policy).requires_grad_(False) if self.is_flow and cfg.distill_iters else None
+
+        self.global_step = 0
+        raw_obs, _ = self.envs.reset(seed=cfg.seed)
+        self.next_obs = self.obs_norm(raw_obs, update=True)
+        self._ep_return = np.zeros(cfg.num_envs)
+        self.train_returns: deque[float] = deque(maxlen=20)
+        self._eval_envs = None
+
+    # ------------------------------------------------------------------ rollouts
+    @torch.no_grad()
+    def collect(self, actor: nn.Module | None = None) -> Rollout:
+        """Step the vector env ``num_steps`` times with ``actor`` (default: the current policy)."""
+        cfg, actor = self.cfg, actor or self.policy
+        T, N = cfg.num_steps, cfg.num_envs
+        obs_buf = torch.zeros(T, N, self.next_obs.shape[-1])
+        act_buf = torch.zeros(T, N, self.act_dim)
+        rew_buf, done_buf, val_buf = torch.zeros(T, N), torch.zeros(T, N), torch.zeros(T, N)
+        for step in range(T):
+            obs = torch.from_numpy(self.next_obs)
+            act = actor.sample(obs)
+            obs_buf[step], act_buf[step], val_buf[step] = obs, act, self.critic(obs)
+
+            raw_obs, reward, term, trunc, info = self.envs.step(self.act_scaler(act.numpy()))
+            done = term | trunc
+            self._track_episodes(reward, done)
+            scaled = torch.from_numpy(self.reward_scaler(reward, done))
+            if trunc.any():  # time-limit: bootstrap from the value of the true final observation
+                final = torch.from_numpy(self.obs_norm(final_observations(raw_obs, info)))
+                scaled += cfg.gamma * self.critic(final) * torch.from_numpy(trunc & ~term).float()
+            rew_buf[step], done_buf[step] = scaled, torch.from_numpy(done).float()
+            self.next_obs = self.obs_norm(raw_obs, update=True)
+            self.global_step += N
+
+        ro = Rollout(obs_buf, act_buf, rew_buf, done_buf, val_buf, self.critic(torch.from_numpy(self.next_obs)))
+        flat_obs, flat_act = obs_buf.flatten(0, 1), act_buf.flatten(0, 1)
+        if self.is_flow:  # MC draws stored with the rollout: old and new CFM losses use identical (t, eps)
+            t, eps = draw_cfm_noise(T * N, cfg.n_mc, self.act_dim)
+            ro.cfm_t, ro.cfm_eps = t, eps
+        else:
+            ro.logp = self.policy.log_prob(flat_obs, flat_act)[0]
+        return ro
+
+    def _track_episodes(self, reward: np.ndarray, done: np.ndarray) -> None:
+        self._ep_return += reward
+        for i in np.flatnonzero(done):
+            self.train_returns.append(float(self._ep_return[i]))
+            self._ep_return[i] = 0.0
+
+    # ------------------------------------------------------------------ updates
+    def update(self, ro: Rollout, distill: bool = False) -> dict[str, float]:
+        """Clipped-surrogate epochs on one batch. ``distill``: fit the (teacher's) batch actions by CFM only."""
+        cfg = self.cfg
+        adv = gae(ro.rewards, ro.values, ro.dones, ro.last_value, cfg.gamma, cfg.gae_lambda)
+        b_ret = (adv + ro.values).flatten()
+        b_adv, b_obs, b_act = adv.flatten(), ro.obs.flatten(0, 1), ro.act.flatten(0, 1)
+        stats: dict[str, list[float]] = {}
+        if self.is_flow:
+            with torch.no_grad():
+                old_cfm = self.policy.cfm_loss(b_obs, b_act, ro.cfm_t, ro.cfm_eps)
+            stats["cfm_onpolicy"] = [old_cfm.mean().item()]
+
+        for _ in range(cfg.update_epochs):
+            for idx in torch.randperm(cfg.batch_size).split(cfg.minibatch_size):
+                obs, act, mb_adv = b_obs[idx], b_act[idx], b_adv[idx]
+                if cfg.norm_adv:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                if not self.is_flow:
+                    new_logp, entropy = self.policy.log_prob(obs, act)
+                    pg_loss, mb_stats = gaussian_ppo_loss(new_logp, ro.logp[idx], entropy, mb_adv, cfg.clip_coef, cfg.ent_coef)
+                elif distill:
+                    pg_loss = self.policy.cfm_loss(obs, act, ro.cfm_t[idx], ro.cfm_eps[idx]).mean()
+                    mb_stats = {"distill_cfm": pg_loss.item()}
+                else:
+                    new_cfm = self.policy.cfm_loss(obs, act, ro.cfm_t[idx], ro.cfm_eps[idx])
+                    pg_loss, mb_stats = fpo_loss(
+                        new_cfm, old_cfm[idx], mb_adv, cfg.clip_coef, cfg.clip_logratio,
+                        self._dipod_cfm(obs, act), self.dipod_beta,
+                    )  # fmt: skip
+                v_loss = value_loss(self.critic(obs), b_ret[idx])
+                loss = pg_loss + cfg.vf_coef * v_loss
+                self.optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                for k, v in {**mb_stats, "policy_loss": pg_loss.item(), "value_loss": v_loss.item()}.items():
+                    stats.setdefault(k, []).append(v)
+
+        out = {k: float(np.mean(v)) for k, v in stats.items()}
+        out["action_std"] = b_act.std(0).mean().item()
+        out["action_clipfrac"] = (b_act.abs() > 1).float().mean().item()
+        if not self.is_flow:
+            out["log_std"] = self.policy.log_std.mean().item()
+        return out
+
+    def _dipod_cfm(self, obs: Tensor, act: Tensor) -> Tensor | None:
+        """CFM loss of on-policy actions with fresh (t, eps) draws: the DiPOD self-distillation term."""
+        if self.dipod_beta == 0.0:
+            return None
+        if self.cfg.dipod_source == "current":
+            act = self.policy.sample(obs)
+        t, eps = draw_cfm_noise(obs.shape[0], self.cfg.n_mc, self.act_dim)
+        return self.policy.cfm_loss(obs, act, t, eps)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Mean and std of undiscounted returns over ``eval_episodes`` deterministic episodes (fixed seeds)."""
+        cfg = self.cfg
+        if self._eval_envs is None:
+            self._eval_envs = make_vec_env(cfg.env_id, cfg.eval_episodes)
+        raw_obs, _ = self._eval_envs.reset(seed=cfg.eval_seed)
+        returns, finished = np.zeros(cfg.eval_episodes), np.zeros(cfg.eval_episodes, bool)
+        while not finished.all():
+            act = self.policy.sample(torch.from_numpy(self.obs_norm(raw_obs)), deterministic=True)
+            raw_obs, reward, term, trunc, _ = self._eval_envs.step(self.act_scaler(act.numpy()))
+            returns += reward * ~finished
+            finished |= term | trunc
+        return float(returns.mean()), float(returns.std())
+
+    # ------------------------------------------------------------------ main loop
+    def train(self, on_eval: Callable[[dict[str, Any]], None] | None = None, progress: bool = True) -> list[dict]:
+        """Run to ``total_timesteps``; evaluate every ``eval_every`` steps and at the end. Returns the eval rows."""
+        cfg = self.cfg
+        num_iters = max(1, cfg.total_timesteps // cfg.batch_size)
+        rows: list[dict[str, Any]] = []
+        start, next_eval = time.time(), 0
+        bar = tqdm(total=num_iters * cfg.batch_size, disable=not progress, desc=f"{cfg.algo} {cfg.env_id}", unit="step")
+        stats: dict[str, float] = {}
+        for it in range(num_iters + 1):
+            if self.global_step >= next_eval or it == num_iters:
+                ret, ret_std = self.evaluate()
+                train_ret = float(np.mean(self.train_returns)) if self.train_returns else float("nan")
+                row = {"step": self.global_step, "eval_return": ret, "eval_return_std": ret_std,
+                       "train_return": train_ret, "wall_time": time.time() - start, **stats}  # fmt: skip
+                rows.append(row)
+                if on_eval:
+                    on_eval(row)
+                bar.set_postfix(eval=f"{ret:.1f}", train=f"{train_ret:.1f}")
+                next_eval += cfg.eval_every
+            if it == num_iters:
+                break
+            if cfg.anneal_lr:
+                self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - it / num_iters)
+            distill = self.teacher is not None and it < cfg.distill_iters
+            stats = self.update(self.collect(self.teacher if distill else None), distill=distill)
+            stats["phase_distill"] = float(distill)
+            bar.update(cfg.batch_size)
+        bar.close()
+        return rows
+
+
+def run_experiment(cfg: ControlConfig, progress: bool = True) -> list[dict[str, Any]]:
+    """Train, and (if ``cfg.output_dir``) write ``config.yaml``, ``progress.csv`` and ``curve.png`` there."""
+    from .report import CsvLogger, plot_run
+
+    logger = None
+    if cfg.output_dir:
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        logger = CsvLogger(out / "progress.csv")
+    rows = ControlTrainer(cfg).train(on_eval=logger.log if logger else None, progress=progress)
+    if cfg.output_dir:
+        plot_run(rows, Path(cfg.output_dir) / "curve.png", title=f"{cfg.algo} on {cfg.env_id} (seed {cfg.seed})")
+    return rows

@@ -1,0 +1,149 @@
+"""Model adapters: the few facts about a mask-predictor that sampling and likelihood estimation need.
+
+A masked diffusion LM is any bidirectional model that maps token ids (some of them the mask token) to per-position
+logits over the vocabulary: LLaDA (remote code, ignores padding), Dream (remote code, logits shifted by one like an
+autoregressive LM), any Hugging Face masked LM (ModernBERT, BERT) or a decoder run with bidirectional attention.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+DREAM_MODEL_TYPES = ("dream",)
+
+
+@dataclass(frozen=True)
+class DiffusionLM:
+    """How to call a mask-predictor: its mask token, logit alignment and forward signature."""
+
+    mask_token_id: int
+    shifted_logits: bool = False
+    accepts_attention_mask: bool = True
+
+    def logits(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Per-position logits `(B, L, V)` where row `i` predicts token `i` (shift undone for Dream-style models)."""
+        kwargs = {}
+        if self.accepts_attention_mask and attention_mask is not None and not bool(attention_mask.all()):
+            kwargs["attention_mask"] = attention_mask
+        out = model(input_ids=input_ids, **kwargs)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        if self.shifted_logits:  # logits[i] predicts token i+1: position i is predicted by logits[i-1]
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The innermost Hugging Face model under PEFT / DDP / DeepSpeed wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            return model
+
+
+def resolve_mask_token_id(model: nn.Module, tokenizer=None, mask_token_id: int | None = None) -> int:
+    """The mask token id: explicit value, else the tokenizer's, else the model config's; a clear error otherwise."""
+    if mask_token_id is not None:
+        return int(mask_token_id)
+    if tokenizer is not None and getattr(tokenizer, "mask_token_id", None) is not None:
+        return int(tokenizer.mask_token_id)
+    config = getattr(_unwrap(model), "config", None)
+    for name in ("mask_token_id", "mask_id"):
+        value = getattr(config, name, None)
+        if value is not None:
+            return int(value)
+    raise ValueError(
+        "Could not find a mask token: the tokenizer has no `mask_token` and the model config no `mask_token_id`. "
+        "Pass `mask_token_id=` in DiPODConfig (LLaDA: 126336), or add one with "
+        "`tokenizer.add_special_tokens({'mask_token': '<|mask|>'})` and resize the model's embeddings."
+    )
+
+
+def detect_shifted_logits(model: nn.Module) -> bool:
+    """True for Dream-style models whose logits at position i predict token i + 1."""
+    config = getattr(_unwrap(model), "config", None)
+    return getattr(config, "model_type", "") in DREAM_MODEL_TYPES
+
+
+def accepts_attention_mask(model: nn.Module) -> bool:
+    """Whether the model's forward takes an `attention_mask` argument (LLaDA's remote code, for one, ignores it)."""
+    try:
+        params = inspect.signature(_unwrap(model).forward).parameters
+    except (TypeError, ValueError):
+        return True
+    return "attention_mask" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+@torch.no_grad()
+def is_bidirectional(model: nn.Module, vocab_size: int | None = None, length: int = 6) -> bool:
+    """Probe: does the prediction at position 0 depend on the last token? False means causal attention."""
+    base = _unwrap(model)
+    vocab_size = vocab_size or base.get_input_embeddings().num_embeddings
+    device = next(base.parameters()).device
+    was_training = base.training
+    base.eval()
+    try:
+        ids = torch.arange(length, device=device).unsqueeze(0) % vocab_size
+        other = ids.clone()
+        other[0, -1] = (ids[0, -1] + 1) % vocab_size
+        out_a = base(input_ids=ids)
+        out_b = base(input_ids=other)
+        logits_a = out_a.logits if hasattr(out_a, "logits") else out_a[0]
+        logits_b = out_b.logits if hasattr(out_b, "logits") else out_b[0]
+        return not torch.allclose(logits_a[0, 0].float(), logits_b[0, 0].float(), atol=0.0, rtol=0.0)
+    finally:
+        base.train(was_training)
+
+
+def diffusion_adapter(
+    model: nn.Module,
+    tokenizer=None,
+    mask_token_id: int | None = None,
+    shifted_logits: bool | None = None,
+    check_bidirectional: bool = True,
+) -> DiffusionLM:
+    """Build the adapter for `model`, refusing models that cannot act as mask-predictors."""
+    mask_id = resolve_mask_token_id(model, tokenizer, mask_token_id)
+    vocab = _unwrap(model).get_input_embeddings().num_embeddings
+    if not 0 <= mask_id < vocab:
+        raise ValueError(f"mask_token_id {mask_id} is outside the model's vocabulary of {vocab} embeddings.")
+    if check_bidirectional and not is_bidirectional(model, vocab):
+        raise ValueError(
+            "This model attends causally: its prediction at position 0 does not change when a later token changes. "
+            "Masked diffusion needs bidirectional attention. Use a mask-predictor (LLaDA, Dream, a masked LM such as "
+            "ModernBERT), or load a decoder with bidirectional attention (e.g. Gemma3 with "
+            "`use_bidirectional_attention=True`). Set check_bidirectional=False only if you know better."
+        )
+    shifted = detect_shifted_logits(model) if shifted_logits is None else bool(shifted_logits)
+    return DiffusionLM(mask_id, shifted, accepts_attention_mask(model))
+
+
+def load_diffusion_model(name_or_path: str, trust_remote_code: bool = False, **kwargs) -> nn.Module:
+    """Load a mask-predictor: a masked LM, a remote-code diffusion LM (LLaDA, Dream; opt-in) or a decoder.
+
+    `trust_remote_code` must be set explicitly for LLaDA/Dream, whose modelling code lives on the Hub.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    auto_map = getattr(config, "auto_map", None) or {}
+    if auto_map and not trust_remote_code:
+        raise ValueError(
+            f"{name_or_path} ships its own modelling code ({', '.join(auto_map)}). Pass trust_remote_code=True "
+            "(--trust_remote_code in the scripts) if you trust it."
+        )
+    errors = []
+    for auto in (AutoModelForMaskedLM, AutoModelForCausalLM, AutoModel):
+        if auto_map and auto.__name__ not in auto_map:
+            continue
+        try:
+            return auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+        except (ValueError, KeyError) as err:  # this auto class does not know the architecture
+            errors.append(f"{auto.__name__}: {err}")
+    raise ValueError(f"Could not load {name_or_path} as a mask-predictor:\n" + "\n".join(errors))

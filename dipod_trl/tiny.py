@@ -1,0 +1,110 @@
+"""Tiny random diffusion LMs and a character tokenizer, built locally (no hub) for tests, smoke runs and the demo.
+
+`python -m dipod_trl.tiny OUT_DIR [--arch modernbert|gemma3]` writes a model + tokenizer directory that
+`from_pretrained`, `DiPODTrainer(model="OUT_DIR", ...)` and the example scripts accept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import string
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ["<pad>", "<mask>", "<eos>", "<bos>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_tiny_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII, with pad/mask/eos tokens and a minimal chat template."""
+    chars = sorted(set(string.printable) - set("\x0b\x0c\r") | set(extra_chars))
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        mask_token="<mask>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(tokenizer, arch: str = "modernbert", hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
+    """A randomly initialised bidirectional mask-predictor sized for CPU tests."""
+    import torch
+    from transformers import Gemma3TextConfig, Gemma3ForCausalLM, ModernBertConfig, ModernBertForMaskedLM
+
+    torch.manual_seed(seed)
+    vocab_size = len(tokenizer)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden_size,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    if arch == "modernbert":
+        config = ModernBertConfig(
+            **common,
+            max_position_embeddings=1024,
+            mask_token_id=tokenizer.mask_token_id,
+            cls_token_id=tokenizer.bos_token_id,
+            sep_token_id=tokenizer.eos_token_id,
+            global_attn_every_n_layers=1,
+            attention_dropout=0.0,
+            mlp_dropout=0.0,
+            embedding_dropout=0.0,
+            attn_implementation="sdpa",
+        )
+        model = ModernBertForMaskedLM(config)
+    elif arch == "gemma3":  # a LLaDA-like decoder: no causal mask
+        config = Gemma3TextConfig(
+            **common,
+            num_key_value_heads=2,
+            head_dim=hidden_size // 4,
+            max_position_embeddings=1024,
+            use_bidirectional_attention=True,
+            sliding_window=1024,
+            attn_implementation="sdpa",
+        )
+        config.mask_token_id = tokenizer.mask_token_id
+        model = Gemma3ForCausalLM(config)
+    else:
+        raise ValueError(f"Unknown tiny architecture {arch!r}; use 'modernbert' or 'gemma3'.")
+    return model
+
+
+def save_tiny(output_dir: str, arch: str = "modernbert", hidden_size: int = 64, num_layers: int = 2) -> str:
+    """Write a tiny model and its tokenizer to `output_dir`; returns the directory."""
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer, arch=arch, hidden_size=hidden_size, num_layers=num_layers)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir")
+    parser.add_argument("--arch", default="modernbert", choices=["modernbert", "gemma3"])
+    parser.add_argument("--hidden_size", type=int, default=64)
+    parser.add_argument("--num_layers", type=int, default=2)
+    args = parser.parse_args(argv)
+    print(save_tiny(args.output_dir, args.arch, args.hidden_size, args.num_layers))
+
+
+if __name__ == "__main__":
+    main()

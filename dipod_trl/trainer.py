@@ -1,0 +1,271 @@
+"""`DiPODTrainer`: TRL's `GRPOTrainer` for masked diffusion LMs, with the DiPOD on-policy ELBO regularizer.
+
+Glue over four of GRPOTrainer's override points; everything else (data, rewards, advantages, logging, PEFT,
+Accelerate/DeepSpeed) is TRL's:
+
+1. `_generate_single_turn`: completions come from the diffusion sampler instead of `model.generate`.
+2. `_generate_and_score_completions`: each rollout gets a mask seed that travels with it through TRL's shuffling
+   and splitting, so old, reference and current likelihood estimates of a rollout use identical masks.
+3. `_get_per_token_logps_and_entropies`: per-token "log-probs" become the chosen estimator's terms (per-token ELBO
+   terms, or diffu-GRPO's one-step log-probs). TRL's old/reference computations use it unchanged.
+4. `compute_loss`: FPO, SPG, or TRL's token-level loss (one_step), plus `dipod_beta * (-ELBO(completions))`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from accelerate.utils import gather
+from transformers import GenerationConfig
+from trl import GRPOTrainer
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import pad
+
+from . import losses
+from .config import DiPODConfig
+from .likelihood import elbo_draws, elbo_per_token, one_step_logps, sample_seeds
+from .models import diffusion_adapter, load_diffusion_model
+from .sampler import diffusion_generate
+
+
+class DiPODTrainer(GRPOTrainer):
+    """Trainer for RL post-training of masked diffusion LMs (LLaDA, Dream, masked LMs) with DiPOD.
+
+    A drop-in replacement for `trl.GRPOTrainer`:
+
+    ```python
+    from dipod_trl import DiPODConfig, DiPODTrainer
+
+    trainer = DiPODTrainer(
+        model="GSAI-ML/LLaDA-8B-Instruct",
+        reward_funcs=[correctness_reward],
+        args=DiPODConfig(output_dir="llada-dipod", trust_remote_code=True, max_completion_length=256),
+        train_dataset=dataset,
+    )
+    trainer.train()
+    ```
+    """
+
+    _tag_names = ["trl", "dipod", "diffusion-lm"]
+    _name = "DiPOD"
+
+    def __init__(self, model, reward_funcs=None, args: DiPODConfig | None = None, train_dataset=None, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path or "model"
+            args = DiPODConfig(f"{name.split('/')[-1]}-DiPOD")
+        if not isinstance(args, DiPODConfig):
+            raise TypeError(f"args must be a DiPODConfig, got {type(args).__name__}.")
+        for unsupported in ("tools", "rollout_func", "environment_factory"):
+            if kwargs.get(unsupported) is not None:
+                raise ValueError(f"`{unsupported}` needs autoregressive multi-turn generation; DiPOD does not do it.")
+        _check_prompts(train_dataset)
+        init_kwargs = args.model_init_kwargs
+        if isinstance(model, str):
+            load_kwargs = dict(init_kwargs or {})
+            if isinstance(load_kwargs.get("dtype"), str) and load_kwargs["dtype"] != "auto":
+                load_kwargs["dtype"] = getattr(torch, load_kwargs["dtype"])
+            if kwargs.get("quantization_config") is not None:
+                load_kwargs["quantization_config"] = kwargs.pop("quantization_config")
+            model = load_diffusion_model(model, trust_remote_code=args.trust_remote_code, **load_kwargs)
+        if getattr(model, "generation_config", None) is None:  # masked LMs have none; GRPOTrainer writes to it
+            model.generation_config = GenerationConfig(
+                eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id
+            )
+        args.model_init_kwargs = None  # consumed above; TRL would warn that they are ignored for an instance
+        try:
+            super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
+        finally:
+            args.model_init_kwargs = init_kwargs
+        self.dllm = diffusion_adapter(
+            self.model, self._tokenizer, args.mask_token_id, args.shifted_logits, args.check_bidirectional
+        )
+        self._active_seeds: torch.Tensor | None = None
+        self.num_skipped_rewards = 0  # completions no reward function could score (None/NaN): advantage set to 0
+        self._sampling_generator = torch.Generator(device=self.accelerator.device)
+        self._sampling_generator.manual_seed(args.seed + 7919 * self.accelerator.process_index)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # 1. Generation
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if images is not None:
+            raise ValueError("DiPODTrainer does not support image inputs.")
+        device = self.accelerator.device
+        if any(len(ids) == 0 for ids in prompt_ids):
+            raise ValueError("An empty prompt reached the sampler: every example needs a non-empty 'prompt'.")
+        tensors = [torch.tensor(ids) for ids in prompt_ids]
+        ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
+        args = self.args
+        with unwrap_model_for_generation(
+            self.model_wrapped, self.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation
+        ) as unwrapped:
+            completions = diffusion_generate(
+                unwrapped,
+                self.dllm,
+                ids,
+                mask,
+                gen_length=args.max_completion_length,
+                block_length=args.block_length,
+                steps=args.diffusion_steps,
+                temperature=self.temperature,
+                remasking=args.remasking,
+                cfg_scale=args.cfg_scale,
+                generator=self._sampling_generator,
+            )
+        # Cut after the first end-of-sequence token, as TRL does: what follows is padding of the canvas.
+        is_eos = torch.isin(completions, torch.tensor(self.eos_token_ids, device=device))
+        first = torch.where(is_eos.any(1), is_eos.int().argmax(1), completions.size(1))
+        return [row[: int(n) + 1].tolist() for row, n in zip(completions.cpu(), first.cpu())], None
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's rewards, refusing infinities and counting the completions skipped because no reward scored them."""
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if torch.isinf(rewards).any():
+            bad = [name for i, name in enumerate(self.reward_func_names) if torch.isinf(rewards[:, i]).any()]
+            raise ValueError(f"Reward function(s) {bad} returned +-inf; return a finite float, or None to skip.")
+        skipped = int(torch.isnan(rewards).all(dim=1).sum())
+        self.num_skipped_rewards += skipped
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["rewards/skipped"].append(float(skipped))
+        return rewards
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # 2. Coupled randomness: a seed per rollout
+    @contextmanager
+    def _mask_seeds(self, seeds: torch.Tensor):
+        previous, self._active_seeds = self._active_seeds, seeds
+        try:
+            yield
+        finally:
+            self._active_seeds = previous
+
+    def _generate_and_score_completions(self, inputs):
+        seeds = sample_seeds(
+            self.args.seed, self._step, self.accelerator.process_index, len(inputs), device=self.accelerator.device
+        )
+        with self._mask_seeds(seeds):
+            output = super()._generate_and_score_completions(inputs)
+        output["mask_seeds"] = seeds
+        return output
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # 3. Per-token likelihood terms
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **unused
+    ):
+        seeds = self._active_seeds
+        if seeds is None or seeds.numel() != input_ids.size(0):
+            raise RuntimeError("Likelihood estimate requested without one mask seed per row (coupling would break).")
+        with self.accelerator.autocast():
+            if self.args.likelihood_estimator == "one_step":
+                logps, entropies = one_step_logps(
+                    model, self.dllm, input_ids, attention_mask, logits_to_keep, seeds, self.args.p_mask_prompt,
+                    compute_entropy=compute_entropy, batch_size=batch_size,
+                )
+                return logps, entropies, None
+            logps = elbo_per_token(
+                model, self.dllm, input_ids, attention_mask, logits_to_keep, seeds, self.args.elbo_samples,
+                batch_size=self.args.elbo_batch_size,
+            )
+        return logps, (torch.zeros_like(logps) if compute_entropy else None), None
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # 4. Losses
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise ValueError("DiPODTrainer does not return outputs from compute_loss.")
+        mode = "train" if self.model.training else "eval"
+        scale = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        with self._mask_seeds(inputs["mask_seeds"]):
+            if self.args.likelihood_estimator == "one_step":
+                loss = super()._compute_loss(model, inputs)  # TRL's token-level loss, already divided by `scale`
+                policy_loss = loss.detach() * scale
+                elbo = self._sequence_elbo(model, inputs) if self.args.dipod_beta > 0 else None
+            else:
+                policy_loss, elbo = self._elbo_policy_loss(model, inputs, mode)
+                loss = policy_loss / scale
+                policy_loss = policy_loss.detach()
+        valid = inputs["completion_mask"].sum(-1) > 0
+        if elbo is not None:
+            regularizer = losses.dipod_regularizer(elbo, valid, self.args.dipod_beta)
+            if self.args.dipod_beta > 0:
+                loss = loss + regularizer / scale
+            self._log_mean(mode, "dipod/elbo", losses.aggregate(elbo.detach(), valid))
+            self._log_mean(mode, "dipod/regularizer", regularizer.detach())
+        self._log_mean(mode, "dipod/policy_loss", policy_loss)
+        return loss
+
+    def _sequence_elbo(self, model, inputs) -> torch.Tensor:
+        """Per-sequence ELBO of the batch's completions under `model`, with gradients."""
+        input_ids, attention_mask, c = self._joined(inputs)
+        with self.accelerator.autocast():
+            per_token = elbo_per_token(
+                model, self.dllm, input_ids, attention_mask, c, inputs["mask_seeds"], self.args.elbo_samples,
+                batch_size=self.args.elbo_batch_size,
+            )
+        return losses.sequence_elbo(per_token, inputs["completion_mask"], self.args.normalization)
+
+    def _elbo_policy_loss(self, model, inputs, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """FPO or SPG loss of the micro-batch (before accumulation scaling) and the per-sequence ELBO it used."""
+        args = self.args
+        input_ids, attention_mask, c = self._joined(inputs)
+        completion_mask = inputs["completion_mask"]
+        valid = completion_mask.sum(-1) > 0
+        advantages = inputs["advantages"]
+        with self.accelerator.autocast():
+            logps, masks, weights = elbo_draws(
+                model, self.dllm, input_ids, attention_mask, c, inputs["mask_seeds"], args.elbo_samples,
+                batch_size=args.elbo_batch_size,
+            )
+        per_token = (logps * weights.unsqueeze(-1)).mean(0)
+        elbo = losses.sequence_elbo(per_token, completion_mask, args.normalization)
+
+        if args.likelihood_estimator == "spg":
+            eubo = losses.spg_eubo(logps, masks, weights, completion_mask, args.spg_eubo_beta, args.normalization)
+            per_seq = losses.spg_policy_loss(elbo, eubo, advantages, args.spg_omega)
+            self._log_mean(mode, "spg/eubo", losses.aggregate(eubo.detach(), valid))
+        else:
+            old = inputs.get("old_per_token_logps")
+            elbo_old = elbo.detach() if old is None else losses.sequence_elbo(old, completion_mask, args.normalization)
+            per_seq, ratio = losses.fpo_policy_loss(
+                elbo, elbo_old, advantages, self.epsilon_low, self.epsilon_high, args.delta
+            )
+            is_low = (ratio < 1 - self.epsilon_low) & (advantages < 0) & valid
+            is_high = (ratio > 1 + self.epsilon_high) & (advantages > 0) & valid
+            self._log_mean(mode, "clip_ratio/low_mean", losses.aggregate(is_low.float(), valid))
+            self._log_mean(mode, "clip_ratio/high_mean", losses.aggregate(is_high.float(), valid))
+            self._log_mean(mode, "clip_ratio/region_mean", losses.aggregate((is_low | is_high).float(), valid))
+        if self.beta != 0.0:
+            ref = losses.sequence_elbo(inputs["ref_per_token_logps"], completion_mask, args.normalization)
+            kl = losses.elbo_kl(elbo, ref)
+            per_seq = per_seq + self.beta * kl
+            self._log_mean(mode, "kl", losses.aggregate(kl.detach(), valid))
+        return losses.aggregate(per_seq, valid), elbo
+
+    @staticmethod
+    def _joined(inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        return input_ids, attention_mask, inputs["completion_ids"].size(1)
+
+    def _log_mean(self, mode: str, name: str, value: torch.Tensor) -> None:
+        """Log the mean over processes of a scalar through the Trainer's metric buffer."""
+        value = value.detach().float().reshape(1).to(self.accelerator.device)
+        self._metrics[mode][name].append(gather(value).mean().item())
+
+
+def _check_prompts(dataset) -> None:
+    """Fail early, naming the row, on a missing `prompt` column or an empty prompt (map-style datasets only)."""
+    if dataset is None or not hasattr(dataset, "column_names") or not hasattr(dataset, "__len__"):
+        return
+    if isinstance(dataset, dict):
+        for split in dataset.values():
+            _check_prompts(split)
+        return
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"The training dataset needs a 'prompt' column; it has {dataset.column_names}.")
+    for i, prompt in enumerate(dataset["prompt"]):
+        text = prompt if isinstance(prompt, str) else " ".join(str(m.get("content") or "") for m in prompt or [])
+        if not text.strip():
+            raise ValueError(f"Row {i} of the training dataset has an empty prompt; drop or fix it before training.")
