@@ -42,7 +42,7 @@ def build_tiny_tokenizer(extra_chars: str = "") -> PreTrainedTokenizerFast:
 def build_tiny_model(tokenizer, arch: str = "modernbert", hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
     """A randomly initialised bidirectional mask-predictor sized for CPU tests."""
     import torch
-    from transformers import Gemma3TextConfig, Gemma3ForCausalLM, ModernBertConfig, ModernBertForMaskedLM
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, ModernBertConfig, ModernBertForMaskedLM
 
     torch.manual_seed(seed)
     vocab_size = len(tokenizer)
