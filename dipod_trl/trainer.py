@@ -82,8 +82,6 @@ class DiPODTrainer(GRPOTrainer):
         )
         self._active_seeds: torch.Tensor | None = None
         self.num_skipped_rewards = 0  # completions no reward function could score (None/NaN): advantage set to 0
-        self._sampling_generator = torch.Generator(device=self.accelerator.device)
-        self._sampling_generator.manual_seed(args.seed + 7919 * self.accelerator.process_index)
 
     # ----------------------------------------------------------------------------------------------------------------
     # 1. Generation
@@ -111,7 +109,7 @@ class DiPODTrainer(GRPOTrainer):
                 temperature=self.temperature,
                 remasking=args.remasking,
                 cfg_scale=args.cfg_scale,
-                generator=self._sampling_generator,
+                generator=None,  # the global RNG: seeded per rank by TRL and saved/restored with checkpoints
             )
         # Cut after the first end-of-sequence token, as TRL does: what follows is padding of the canvas.
         is_eos = torch.isin(completions, torch.tensor(self.eos_token_ids, device=device))
@@ -141,8 +139,11 @@ class DiPODTrainer(GRPOTrainer):
             self._active_seeds = previous
 
     def _generate_and_score_completions(self, inputs):
+        # Keyed on the optimizer step (restored on resume) and the micro-step inside it, not on a session counter,
+        # so a resumed run draws the same masks as an uninterrupted one.
+        round_key = self.state.global_step * 4099 + self._step % self.args.gradient_accumulation_steps
         seeds = sample_seeds(
-            self.args.seed, self._step, self.accelerator.process_index, len(inputs), device=self.accelerator.device
+            self.args.seed, round_key, self.accelerator.process_index, len(inputs), device=self.accelerator.device
         )
         with self._mask_seeds(seeds):
             output = super()._generate_and_score_completions(inputs)
