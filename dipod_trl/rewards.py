@@ -39,7 +39,7 @@ from typing import Any
 
 RewardFunc = Callable[..., list[float]]
 
-MATH_VERIFY_TIMEOUT_S = 5  # per parse / comparison; signal based, so only used on the main thread
+MATH_VERIFY_TIMEOUT_S = 3  # per parse / comparison; signal based, so only used on the main thread
 MAX_TEXT_CHARS = 32_000  # longer completions are cut (keeping the tail, where the answer is)
 MAX_MATH_CHARS = 400  # longer extracted answers skip math-verify
 COUNTDOWN_MAX_CHARS = 200
@@ -164,7 +164,7 @@ def gsm8k_gold(answer: Any) -> str:
 
 # ----------------------------------------------------------------------------- math-verify, guarded
 
-_RISKY_MATH = re.compile(r"(?!x)x" or 
+_RISKY_MATH = re.compile(
     r"(\^|\*\*)\s*[{(]?\s*\d{5,}"  # huge exponent literal
     r"|\^\s*\{[^{}]*\^|(\^|\*\*)\s*[{(]?[\w.]+[})]?\s*(\^|\*\*)"  # power towers
     r"|\d{4,}\s*!|[)}]\s*!"  # big factorials
@@ -447,19 +447,31 @@ def sudoku_solved_score(text: str, puzzle: Any, solution: Any) -> float:
 
 # ----------------------------------------------------------------------------- format scores
 
-_STRICT_FORMAT = re.compile(r"<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>", re.DOTALL)
-_SOFT_FORMAT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+_STRICT_FORMAT = re.compile(r"<reasoning>\n.*\n</reasoning>\n<answer>\n.*\n</answer>", re.DOTALL)
+_TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
 _XML_TAGS = ("<reasoning>\n", "\n</reasoning>\n", "\n<answer>\n", "\n</answer>")
 
 
 def strict_format_score(text: str) -> float:
     """1.0 when the whole completion is exactly ``<reasoning>\\n...\\n</reasoning>\\n<answer>\\n...\\n</answer>``."""
-    return float(_STRICT_FORMAT.fullmatch(clean_text(text).strip()) is not None)
+    text = clean_text(text).strip()
+    if any(text.count(tag) != 1 for tag in _TAGS):  # also keeps the regex below linear
+        return 0.0
+    return float(_STRICT_FORMAT.fullmatch(text) is not None)
 
 
 def soft_format_score(text: str) -> float:
     """1.0 when a ``<reasoning>...</reasoning>`` block is followed by an ``<answer>...</answer>`` block."""
-    return float(_SOFT_FORMAT.search(clean_text(text)) is not None)
+    text = clean_text(text)
+    first_open, last_close = text.find("<reasoning>"), text.rfind("</answer>")
+    if first_open < 0 or last_close < 0:
+        return 0.0
+    return float(
+        any(
+            m.start() >= first_open + len("<reasoning>") and m.end() <= last_close
+            for m in re.finditer(r"</reasoning>\s*<answer>", text)
+        )
+    )
 
 
 def xml_count_score(text: str) -> float:

@@ -19,7 +19,9 @@ COLUMNS = {
     "puzzle": "4320004330100004",
     "solution": "4321124334122134",
 }
-ALL_REWARDS = sorted({f for fs in R.REWARDS_BY_TASK.values() for f in fs} | {R.sudoku_solved_reward}, key=str)
+ALL_REWARDS = sorted(
+    {f for fs in R.REWARDS_BY_TASK.values() for f in fs} | {R.sudoku_solved_reward}, key=lambda f: f.__name__
+)
 
 
 def call(reward, completions, **overrides):
@@ -50,6 +52,28 @@ def test_rewards_never_raise_and_return_floats(text, conversational):
         out = call(reward, [completion, completion])
         assert len(out) == 2
         assert all(type(x) is float and math.isfinite(x) and 0.0 <= x <= 1.0 for x in out), (reward, out)
+
+
+DEGENERATE = [
+    "<reasoning>" * 3000,
+    "</reasoning>\n<answer>\n" * 1500,
+    "<reasoning>\n" + "\n</reasoning>\n<answer>\n" * 1500 + "\n</answer>",
+    "\\boxed{" * 5000 + "1",
+    "<answer>" * 4000,
+    "1" * 40_000,
+    "1,000," * 6000,
+    "{" * 20_000 + "}" * 20_000,
+    "\\frac{" * 3000,
+]
+
+
+@pytest.mark.parametrize("text", DEGENERATE, ids=range(len(DEGENERATE)))
+def test_degenerate_long_completions_are_fast(text):
+    start = time.perf_counter()
+    for reward in ALL_REWARDS:
+        out = call(reward, [text])
+        assert type(out[0]) is float
+    assert time.perf_counter() - start < 3.0
 
 
 @pytest.mark.parametrize("completion", [None, 12, [], [{"role": "assistant"}], {"content": 3}, [{"content": None}]])
@@ -109,6 +133,9 @@ def test_countdown_parser_evaluates_exactly():
     assert R.evaluate_countdown("1 / (2 - 2)") is None
     assert R.evaluate_countdown("2 3") is None
     assert R.evaluate_countdown("(1 + 2") is None
+    assert R.evaluate_countdown("2 ** 3") is None and R.evaluate_countdown("2 * * 3") is None
+    assert R.evaluate_countdown("--3") == (3, [3])
+    assert R.evaluate_countdown("-" * 20 + "3") is None  # nesting bound
 
 
 @pytest.mark.parametrize(
@@ -134,6 +161,7 @@ def test_countdown_division_and_latex_operators():
     assert call(R.countdown_reward, [wrap("\\frac{6}{4} \\cdot 2")], numbers=[6, 4, 2], target=3) == [1.0]
     assert call(R.countdown_reward, [wrap("10 / 3 + 1 + 1")], numbers=[10, 3, 1, 1], target=5) == [0.0]
     assert call(R.countdown_reward, [wrap("92 / (1 + 1)")], numbers=[92, 1, 1], target=46) == [1.0]
+    assert call(R.countdown_reward, [wrap("2 ** 3 * 1")], numbers=[2, 3, 1], target=8) == [0.0]
 
 
 # ----------------------------------------------------------------------------- GSM8K / MATH
@@ -238,7 +266,10 @@ def test_sudoku_alternative_valid_solution_counts():
 def test_format_rewards():
     good = wrap("18") + "<|eot_id|><|endoftext|>"
     assert call(R.strict_format_reward, [good, "<reasoning>x</reasoning><answer>1</answer>"]) == [1.0, 0.0]
-    assert call(R.soft_format_reward, ["<reasoning>x</reasoning> <answer>1</answer>", "<answer>1</answer>"]) == [1.0, 0.0]
+    assert call(R.soft_format_reward, ["<reasoning>x</reasoning> <answer>1</answer>", "<answer>1</answer>"]) == [
+        1.0,
+        0.0,
+    ]
     assert call(R.xml_count_reward, [good, good + "\ntrailing", "nothing"]) == [1.0, pytest.approx(0.992), 0.0]
     assert call(R.int_answer_reward, [wrap("18"), wrap("18.5"), "18"]) == [1.0, 0.0, 0.0]
 
