@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -114,6 +115,9 @@ class DiPODConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        if self.ddp_backend is None and _launched_on_cpu(self.use_cpu):
+            # DeepSpeed/Accelerate on CPU otherwise count one process and fail the batch-size checks.
+            self.ddp_backend = "gloo"
         super().__post_init__()
         if self.likelihood_estimator not in LIKELIHOOD_ESTIMATORS:
             raise ValueError(
@@ -157,3 +161,10 @@ class DiPODConfig(GRPOConfig):
             )
         if self.top_entropy_quantile < 1.0:
             raise ValueError("top_entropy_quantile < 1 is not supported for diffusion LMs; leave it at 1.0.")
+
+
+def _launched_on_cpu(use_cpu: bool) -> bool:
+    """True inside a multi-process launch (torchrun / accelerate launch) on a machine without CUDA, or with use_cpu."""
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and (use_cpu or not torch.cuda.is_available())
