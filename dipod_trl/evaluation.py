@@ -113,3 +113,56 @@ def score_generations(task: str, items: Iterable[Mapping[str, Any]]) -> dict[str
         summary["accuracy"] = n_correct / n if n else 0.0
     summary["items"] = verdicts
     return summary
+
+
+def _ground_truth(task: str, row: Mapping[str, Any]) -> Any:
+    if task == "countdown":
+        return {"numbers": list(row["numbers"]), "target": row["target"]}
+    if task == "sudoku":
+        return row["solution"]
+    return row["answer"]
+
+
+def generate_items(
+    model,
+    tokenizer,
+    dataset,
+    task: str,
+    *,
+    adapter=None,
+    batch_size: int = 8,
+    gen_length: int = 256,
+    block_length: int = 32,
+    steps: int = 128,
+    temperature: float = 0.0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Generate one completion per row of a task dataset with the diffusion sampler, batched, with a progress bar.
+
+    Returns items in the shared generation format (`question`, `generations`, `ground_truth`, plus `puzzle`
+    for Sudoku), ready for `score_generations`.
+    """
+    from tqdm.auto import tqdm
+
+    from .models import diffusion_adapter
+    from .sampler import diffusion_generate
+
+    adapter = adapter or diffusion_adapter(model, tokenizer)
+    device = next(model.parameters()).device
+    items: list[dict[str, Any]] = []
+    tokenizer.padding_side = "left"
+    for start in tqdm(range(0, len(dataset), batch_size), desc=f"generating {task}", disable=not progress):
+        rows = dataset.select(range(start, min(start + batch_size, len(dataset))))
+        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in rows["prompt"]]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        out = diffusion_generate(model, adapter, enc["input_ids"], enc["attention_mask"], gen_length=gen_length,
+                                 block_length=block_length, steps=steps, temperature=temperature)
+        eos = tokenizer.eos_token_id
+        cut = [row[: row.index(eos)] if eos in row else row for row in out.tolist()]  # the canvas ends at EOS
+        for row, text in zip(rows, tokenizer.batch_decode(cut, skip_special_tokens=True)):
+            item = {"question": row["prompt"][-1]["content"], "generations": text,
+                    "ground_truth": _ground_truth(task, row)}
+            if task == "sudoku":
+                item["puzzle"] = row["puzzle"]
+            items.append(item)
+    return items

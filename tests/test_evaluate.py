@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,20 @@ def test_rescoring_shared_generations(task, n, low, high, capsys):
     assert summary["n"] == n and low <= summary["accuracy"] <= high, summary
     if task == "sudoku":
         assert summary["empty_cells"] == 296 and 0.0 <= summary["exact_solve_rate"] <= summary["cell_accuracy"]
+
+
+
+def test_generation_mode_writes_generations_and_accuracy(tmp_path, tiny_model_dir):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [sys.executable, str(root / "examples/evaluate.py"), "--task", "gsm8k", "--model", tiny_model_dir,
+         "--dataset_path", str(root / "recipes/gsm8k/tiny_gsm8k.jsonl"), "--limit", "3", "--gen_length", "8",
+         "--block_length", "4", "--batch_size", "2", "--output", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 3 and 0.0 <= summary["accuracy"] <= 1.0
+    report = json.loads(out.read_text())
+    assert len(report["generations"]) == 3 and report["generations"][0]["ground_truth"] == "7"
