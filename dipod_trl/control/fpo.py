@@ -14,7 +14,9 @@ from torch import Tensor
 VelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, t, obs) -> velocity, broadcast over leading dims
 
 
-def draw_cfm_noise(batch: int, n_mc: int, act_dim: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def draw_cfm_noise(
+    batch: int, n_mc: int, act_dim: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Monte-Carlo draws for the CFM loss: ``t`` of shape (B, n) in [0, 1) and ``eps`` of shape (B, n, d)."""
     t = torch.rand(batch, n_mc, generator=generator)
     eps = torch.randn(batch, n_mc, act_dim, generator=generator)

@@ -15,7 +15,9 @@ from .fpo import cfm_loss
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 
 
-def mlp(in_dim: int, hidden: list[int], out_dim: int, activation: str = "tanh", out_gain: float = 1.0) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden: list[int], out_dim: int, activation: str = "tanh", out_gain: float = 1.0
+) -> nn.Sequential:
     """Orthogonally initialised MLP; a small ``out_gain`` makes the initial output close to zero."""
     layers: list[nn.Module] = []
     sizes = [in_dim, *hidden]
@@ -69,7 +71,9 @@ class FlowPolicy(nn.Module):
 class GaussianPolicy(nn.Module):
     """Diagonal Gaussian with a state-independent log-std: the PPO baseline."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], activation: str = "tanh", init_log_std: float = 0.0):
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden: list[int], activation: str = "tanh", init_log_std: float = 0.0
+    ):
         super().__init__()
         self.act_dim = act_dim
         self.mean = mlp(obs_dim, hidden, act_dim, activation, out_gain=0.01)

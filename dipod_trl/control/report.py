@@ -63,7 +63,9 @@ def load_runs(root: str | Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
     runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for csv_path in sorted(Path(root).rglob("progress.csv")):
         cfg = yaml.safe_load((csv_path.parent / "config.yaml").read_text())
-        runs[(cfg["env_id"], cfg["algo"])].append({"seed": cfg["seed"], "rows": read_csv(csv_path), "dir": csv_path.parent})
+        runs[(cfg["env_id"], cfg["algo"])].append(
+            {"seed": cfg["seed"], "rows": read_csv(csv_path), "dir": csv_path.parent}
+        )
     return runs
 
 
@@ -111,9 +113,11 @@ def plot_env(env: str, groups: dict[str, list[dict[str, Any]]], path: str | Path
         ax_ret.plot(steps, ret.mean(0), color=color, label=f"{algo} (n={len(group)})")
         ax_ret.fill_between(steps, ret.mean(0) - ret.std(0), ret.mean(0) + ret.std(0), color=color, alpha=0.2)
         steps, cfm = _stack(group, "cfm_onpolicy")
-        if np.isfinite(cfm).any():
-            ax_cfm.plot(steps, np.nanmean(cfm, 0), color=color, label=algo)
-            lo, hi = np.nanmean(cfm, 0) - np.nanstd(cfm, 0), np.nanmean(cfm, 0) + np.nanstd(cfm, 0)
+        logged = np.isfinite(cfm).all(0)  # no update stats at step 0, none at all for ppo
+        steps, cfm = steps[logged], cfm[:, logged]
+        if cfm.size:
+            ax_cfm.plot(steps, cfm.mean(0), color=color, label=algo)
+            lo, hi = cfm.mean(0) - cfm.std(0), cfm.mean(0) + cfm.std(0)
             ax_cfm.fill_between(steps, lo, hi, color=color, alpha=0.2)
     ax_ret.set(xlabel="environment steps", ylabel="deterministic eval return", title=env)
     ax_cfm.set(xlabel="environment steps", ylabel="CFM loss of own samples (before update)", title="bound drift")
