@@ -81,3 +81,10 @@ def test_resume_continues_with_same_optimizer_state_and_data_order(tmp_path, tin
     prompts_a = [h for h in full.state.log_history if "reward" in h][-1]["reward"]
     prompts_b = [h for h in resumed.state.log_history if "reward" in h][-1]["reward"]
     assert prompts_a == prompts_b  # same data and same samples at step 3
+
+
+def test_sudoku_example_trains_on_generated_puzzles(tmp_path, tiny_model_dir):
+    trainer = main("sudoku", ["--config", str(ROOT / "recipes/sudoku/tiny_cpu.yaml"), "--model_name_or_path",
+                              str(tiny_model_dir), "--output_dir", str(tmp_path / "out"), "--max_steps", "2"])
+    assert trainer.state.global_step == 2
+    assert any("rewards/sudoku_cell_reward/mean" in h for h in trainer.state.log_history)
