@@ -29,6 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 HAS_MUJOCO = importlib.util.find_spec("mujoco") is not None
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny nets: one thread is fastest and avoids OpenMP stalls on a busy machine. Restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _tiny(**kw) -> ControlConfig:
     base = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=1, hidden_sizes=[16], flow_steps=3, n_mc=2,
                 eval_episodes=1, total_timesteps=64)  # fmt: skip

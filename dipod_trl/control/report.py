@@ -1,14 +1,13 @@
 """Outputs: per-run CSV and learning curve, and aggregation of many runs into a table and mean ± std curves.
 
 Aggregation expects run directories (any depth under a root) that each hold ``config.yaml`` and ``progress.csv``,
-as written by ``trainer.run_experiment``. Command line: ``python -m dipod_trl.control.report RUNS_DIR [OUT_DIR]``.
+as written by ``trainer.run_experiment``. Command line: ``python examples/control.py --aggregate RUNS_DIR``.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -120,9 +119,12 @@ def plot_env(env: str, groups: dict[str, list[dict[str, Any]]], path: str | Path
             lo, hi = cfm.mean(0) - cfm.std(0), cfm.mean(0) + cfm.std(0)
             ax_cfm.fill_between(steps, lo, hi, color=color, alpha=0.2)
     ax_ret.set(xlabel="environment steps", ylabel="deterministic eval return", title=env)
-    ax_cfm.set(xlabel="environment steps", ylabel="CFM loss of own samples (before update)", title="bound drift")
+    ax_cfm.set(
+        xlabel="environment steps", ylabel="CFM loss of own samples", title="on-policy CFM loss (drift of the bound)"
+    )
     ax_ret.legend()
-    ax_cfm.legend()
+    if ax_cfm.lines:
+        ax_cfm.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -148,7 +150,3 @@ def aggregate(root: str | Path, out_dir: str | Path | None = None, last_k: int =
     for env, groups in by_env.items():
         plot_env(env, groups, out / f"{env.lower()}.png")
     return md
-
-
-if __name__ == "__main__":
-    print(aggregate(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))

@@ -78,7 +78,7 @@ class ControlTrainer:
     @torch.no_grad()
     def collect(self, actor: nn.Module | None = None) -> Rollout:
         """Step the vector env ``num_steps`` times with ``actor`` (default: the current policy)."""
-        cfg, actor = self.cfg, actor or self.policy
+        cfg, actor = self.cfg, self.policy if actor is None else actor
         T, N = cfg.num_steps, cfg.num_envs
         obs_buf = torch.zeros(T, N, self.next_obs.shape[-1])
         act_buf = torch.zeros(T, N, self.act_dim)
