@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip
 TORCH_PIN := torch==2.13.0
 STAMP := .stamp-install
 
-.PHONY: install test test-fast lint bench clean
+.PHONY: install test test-fast lint demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PIP) install -q "$(TORCH_PIN)"
@@ -21,6 +21,9 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check dipod_trl examples tests benchmarks
+
+demo: $(STAMP)
+	$(PYTHON) -m dipod_trl.demo $(if $(QUICK),--quick,)
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_estimators.py

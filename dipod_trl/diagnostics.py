@@ -5,9 +5,10 @@ positions), the model defines the any-order autoregressive likelihood
 
     w_sigma(x) = prod_n p(x_sigma(n) | prompt, x_sigma(<n) revealed, every other completion token masked).
 
-The model's log-likelihood is that of the uniform mixture over orders, `log p(x) = log E_sigma[w_sigma(x)]`, and the
-ELBO that FPO and DiPOD train is `E_sigma[log w_sigma(x)]` (the `k ~ U{1..L}`, `L/k`-weighted form used by
-`dipod_trl.likelihood` is the same quantity). Their difference is `KL(uniform(sigma) || p(sigma | x))` with
+We take as the model's log-likelihood that of the uniform mixture over orders, `log p(x) = log E_sigma[w_sigma(x)]`
+(the distribution of random-order unmasking; confidence-based samplers deviate from it), and the ELBO that FPO and
+DiPOD train is `E_sigma[log w_sigma(x)]` (the `k ~ U{1..L}`, `L/k`-weighted form of `dipod_trl.likelihood` is the
+same quantity). Their difference is `KL(uniform(sigma) || p(sigma | x))` with
 `p(sigma | x) ~ w_sigma(x)`: zero iff every order gives the same likelihood, i.e. iff the conditionals are those of
 one joint distribution. RL on the ELBO can drive the two apart; this module measures it:
 
@@ -23,8 +24,10 @@ one joint distribution. RL on the ELBO can drive the two apart; this module meas
 
 Cost. A probe of `B` sequences of `L` completion tokens costs `K * L` single-sequence forwards per sequence,
 run as `L` forwards of `K * B` rows (rows whose sequence is already fully revealed are skipped), plus one forward of
-`elbo_samples * B` rows for the ELBO. With `L = 256`, `K = 8` that is 2048 sequence forwards per probe sequence: keep
-`probe_size` small and `probe_every` large on real models; `batch_size` bounds the rows per forward.
+`elbo_samples * B` rows for the ELBO and, in the callback, `diffusion_steps` forwards of `B` rows to sample the
+probe. With `L = 256`, `K = 8` that is 2048 sequence forwards per probe sequence (512x the 4 forwards of a training
+step's ELBO estimate): keep `probe_size` small and `probe_every` large on real models; `batch_size` bounds the rows
+per forward.
 
 Probe completions (`DriftCallback`): by default they are regenerated at every probe from the same fixed prompts
 with a generator reset to the same seed, so they are on-policy for the current model (the regime DiPOD regularises)
@@ -41,6 +44,7 @@ import math
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
 from .likelihood import STREAM_DIAGNOSTICS, elbo_per_token, hashed_uniform, masked_token_logps, sample_seeds
@@ -162,6 +166,8 @@ class DriftCallback(TrainerCallback):
 
     def attach(self, trainer) -> DriftCallback:
         """Bind to a `DiPODTrainer` and register with it (once); returns `self`."""
+        if trainer is not self.trainer:
+            self._batch, self._last_step = None, None
         self.trainer = trainer
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
@@ -180,13 +186,19 @@ class DriftCallback(TrainerCallback):
         if trainer is None or not hasattr(trainer, "dllm"):
             raise RuntimeError("DriftCallback is not attached to a DiPODTrainer: call callback.attach(trainer).")
         step = trainer.state.global_step
-        if step == self._last_step:  # e.g. the last step is also a multiple of probe_every
+        if step == self._last_step:  # already probed at this step (e.g. `train()` resumed)
             return self.history[-1]
-        model = trainer.model
-        was_training = model.training
-        model.eval()
+        was_training = trainer.model.training
+        trainer.model.eval()
         try:
-            with torch.no_grad(), trainer.accelerator.autocast():
+            with (
+                unwrap_model_for_generation(
+                    trainer.model_wrapped, trainer.accelerator,
+                    gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                ) as model,
+                torch.no_grad(),
+                trainer.accelerator.autocast(),
+            ):
                 if self._batch is None or self.regenerate:
                     self._batch = self._sample(trainer, model)
                 input_ids, attention_mask, c = self._batch
@@ -196,7 +208,7 @@ class DriftCallback(TrainerCallback):
                     self.num_orders, self.elbo_samples, self.batch_size,
                 )
         finally:
-            model.train(was_training)
+            trainer.model.train(was_training)
         logs = {f"drift/{name}": value.mean().item() for name, value in metrics.items()}
         # The base class's log: GRPOTrainer.log would flush (and so steal) the metrics buffered for this step. Its
         # on_log event clears `should_log`, which would cancel this step's own log record: keep the flag.

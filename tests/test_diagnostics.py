@@ -74,7 +74,8 @@ def test_order_log_weights_match_a_plain_sequential_loop():
         expected = 0.0
         with torch.no_grad():
             for pos in order:
-                expected += torch.log_softmax(model(current.unsqueeze(0)).logits[0, 2 + pos], -1)[ids[b, 2 + pos]].item()
+                logits = model(current.unsqueeze(0)).logits[0, 2 + pos]
+                expected += torch.log_softmax(logits, -1)[ids[b, 2 + pos]].item()
                 current[2 + pos] = ids[b, 2 + pos]
         assert log_w[k, b].item() == pytest.approx(expected, abs=1e-4), (k, b)
 
