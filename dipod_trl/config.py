@@ -73,6 +73,16 @@ class DiPODConfig(GRPOConfig):
             autoregressive LM). `None` detects Dream by its config and assumes unshifted (LLaDA/BERT style) otherwise.
         check_bidirectional (`bool`, *optional*, defaults to `True`):
             Probe the model once at start-up and refuse it if its attention is causal.
+        attend_to_padding (`bool` or `None`, *optional*, defaults to `None`):
+            `True`: no padding mask, left-padded prompts attend to their pad tokens (LLaDA's own code, and so the
+            paper's runs). `False`: pad tokens are masked out and, for LLaDA/Dream, positions count from each row's
+            first real token, so a row's logits do not depend on its padding (Dream's own convention). `None` takes
+            the model family's convention (LLaDA: `True`; Dream and other models: `False`).
+        native_model_families (`bool`, *optional*, defaults to `True`):
+            Load LLaDA and Dream checkpoints into transformers' own Llama/Qwen2 classes with bidirectional attention
+            (exact logits, no remote code). `False` runs their Hub modelling code instead, which needs
+            `trust_remote_code=True`, a pinned `model_init_kwargs={"revision": ...}` and a transformers version that
+            code supports.
     """
 
     likelihood_estimator: str = field(
@@ -112,6 +122,14 @@ class DiPODConfig(GRPOConfig):
     )
     check_bidirectional: bool = field(
         default=True, metadata={"help": "Refuse models whose attention is causal (probed once at start-up)."}
+    )
+    attend_to_padding: bool | None = field(
+        default=None,
+        metadata={"help": "Let rows attend to pad tokens (LLaDA's convention). None: the model family's default."},
+    )
+    native_model_families: bool = field(
+        default=True,
+        metadata={"help": "Load LLaDA/Dream natively (no remote code). False runs their Hub code (trust_remote_code)."},
     )
 
     def __post_init__(self):

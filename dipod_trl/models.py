@@ -1,8 +1,8 @@
 """Model adapters: the few facts about a mask-predictor that sampling and likelihood estimation need.
 
 A masked diffusion LM is any bidirectional model that maps token ids (some of them the mask token) to per-position
-logits over the vocabulary: LLaDA (remote code, ignores padding), Dream (remote code, logits shifted by one like an
-autoregressive LM), any Hugging Face masked LM (ModernBERT, BERT) or a decoder run with bidirectional attention.
+logits over the vocabulary: LLaDA and Dream (loaded natively, see `dipod_trl.families`), any Hugging Face masked LM
+(ModernBERT, BERT) or a decoder run with bidirectional attention.
 """
 
 from __future__ import annotations
@@ -13,38 +13,35 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-DREAM_MODEL_TYPES = ("dream",)
+from .families import family_of, family_of_model, unwrap
 
 
 @dataclass(frozen=True)
 class DiffusionLM:
-    """How to call a mask-predictor: its mask token, logit alignment and forward signature."""
+    """How to call a mask-predictor: its mask token, logit alignment and padding convention.
+
+    `attend_to_padding=True` passes no padding mask, so rows attend to pad tokens (LLaDA's own convention).
+    Otherwise padded batches get the 2-D attention mask and, with `positions_from_mask`, position ids that count from
+    each row's first real token (Dream's convention), which makes a left-padded row's logits equal its unpadded ones.
+    """
 
     mask_token_id: int
     shifted_logits: bool = False
-    accepts_attention_mask: bool = True
+    attend_to_padding: bool = False
+    positions_from_mask: bool = False
 
     def logits(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Per-position logits `(B, L, V)` where row `i` predicts token `i` (shift undone for Dream-style models)."""
         kwargs = {}
-        if self.accepts_attention_mask and attention_mask is not None and not bool(attention_mask.all()):
+        if not self.attend_to_padding and attention_mask is not None and not bool(attention_mask.all()):
             kwargs["attention_mask"] = attention_mask
+            if self.positions_from_mask:
+                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=input_ids, **kwargs)
         logits = out.logits if hasattr(out, "logits") else out[0]
         if self.shifted_logits:  # logits[i] predicts token i+1: position i is predicted by logits[i-1]
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The innermost Hugging Face model under PEFT / DDP / DeepSpeed wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        else:
-            return model
 
 
 def resolve_mask_token_id(model: nn.Module, tokenizer=None, mask_token_id: int | None = None) -> int:
@@ -53,7 +50,7 @@ def resolve_mask_token_id(model: nn.Module, tokenizer=None, mask_token_id: int |
         return int(mask_token_id)
     if tokenizer is not None and getattr(tokenizer, "mask_token_id", None) is not None:
         return int(tokenizer.mask_token_id)
-    config = getattr(_unwrap(model), "config", None)
+    config = getattr(unwrap(model), "config", None)
     for name in ("mask_token_id", "mask_id"):
         value = getattr(config, name, None)
         if value is not None:
@@ -66,15 +63,15 @@ def resolve_mask_token_id(model: nn.Module, tokenizer=None, mask_token_id: int |
 
 
 def detect_shifted_logits(model: nn.Module) -> bool:
-    """True for Dream-style models whose logits at position i predict token i + 1."""
-    config = getattr(_unwrap(model), "config", None)
-    return getattr(config, "model_type", "") in DREAM_MODEL_TYPES
+    """True for Dream-style models whose logits at position i predict token i + 1 (by model_type, any case)."""
+    family = family_of_model(model)
+    return bool(family and family.shifted_logits)
 
 
 def accepts_attention_mask(model: nn.Module) -> bool:
     """Whether the model's forward takes an `attention_mask` argument (LLaDA's remote code, for one, ignores it)."""
     try:
-        params = inspect.signature(_unwrap(model).forward).parameters
+        params = inspect.signature(unwrap(model).forward).parameters
     except (TypeError, ValueError):
         return True
     return "attention_mask" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -83,7 +80,7 @@ def accepts_attention_mask(model: nn.Module) -> bool:
 @torch.no_grad()
 def is_bidirectional(model: nn.Module, vocab_size: int | None = None, length: int = 6) -> bool:
     """Probe: does the prediction at position 0 depend on the last token? False means causal attention."""
-    base = _unwrap(model)
+    base = unwrap(model)
     vocab_size = vocab_size or base.get_input_embeddings().num_embeddings
     device = next(base.parameters()).device
     was_training = base.training
@@ -107,10 +104,14 @@ def diffusion_adapter(
     mask_token_id: int | None = None,
     shifted_logits: bool | None = None,
     check_bidirectional: bool = True,
+    attend_to_padding: bool | None = None,
 ) -> DiffusionLM:
-    """Build the adapter for `model`, refusing models that cannot act as mask-predictors."""
+    """Build the adapter for `model`, refusing models that cannot act as mask-predictors.
+
+    `shifted_logits` and `attend_to_padding` default to the model family's conventions (`None`).
+    """
     mask_id = resolve_mask_token_id(model, tokenizer, mask_token_id)
-    vocab = _unwrap(model).get_input_embeddings().num_embeddings
+    vocab = unwrap(model).get_input_embeddings().num_embeddings
     if not 0 <= mask_id < vocab:
         raise ValueError(f"mask_token_id {mask_id} is outside the model's vocabulary of {vocab} embeddings.")
     if check_bidirectional and not is_bidirectional(model, vocab):
@@ -120,23 +121,33 @@ def diffusion_adapter(
             "ModernBERT), or load a decoder with bidirectional attention (e.g. Gemma3 with "
             "`use_bidirectional_attention=True`). Set check_bidirectional=False only if you know better."
         )
+    family = family_of_model(model)
     shifted = detect_shifted_logits(model) if shifted_logits is None else bool(shifted_logits)
-    return DiffusionLM(mask_id, shifted, accepts_attention_mask(model))
+    if attend_to_padding is None:
+        attend_to_padding = family.attend_to_padding if family else not accepts_attention_mask(model)
+    return DiffusionLM(mask_id, shifted, bool(attend_to_padding), positions_from_mask=family is not None)
 
 
-def load_diffusion_model(name_or_path: str, trust_remote_code: bool = False, **kwargs) -> nn.Module:
-    """Load a mask-predictor: a masked LM, a remote-code diffusion LM (LLaDA, Dream; opt-in) or a decoder.
+def load_diffusion_model(
+    name_or_path: str, trust_remote_code: bool = False, native_model_families: bool = True, **kwargs
+) -> nn.Module:
+    """Load a mask-predictor: LLaDA/Dream natively, a masked LM, a bidirectional decoder, or (opt-in) remote code.
 
-    `trust_remote_code` must be set explicitly for LLaDA/Dream, whose modelling code lives on the Hub.
+    LLaDA and Dream checkpoints load into transformers' own classes (`dipod_trl.families`) whatever
+    `trust_remote_code` says. Their Hub code runs only with `native_model_families=False` and
+    `trust_remote_code=True`; pin it with `revision=`. `kwargs` go to `from_pretrained`.
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, PretrainedConfig
 
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    auto_map = getattr(config, "auto_map", None) or {}
+    config_dict, _ = PretrainedConfig.get_config_dict(name_or_path, revision=kwargs.get("revision"))
+    family = family_of(config_dict)
+    if family is not None and native_model_families:
+        return family.model_class.from_pretrained(name_or_path, **kwargs)
+    auto_map = config_dict.get("auto_map") or {}
     if auto_map and not trust_remote_code:
         raise ValueError(
             f"{name_or_path} ships its own modelling code ({', '.join(auto_map)}). Pass trust_remote_code=True "
-            "(--trust_remote_code in the scripts) if you trust it."
+            "(--trust_remote_code in the scripts) if you trust it, and pin it with a revision."
         )
     errors = []
     for auto in (AutoModelForMaskedLM, AutoModelForCausalLM, AutoModel):
@@ -146,4 +157,12 @@ def load_diffusion_model(name_or_path: str, trust_remote_code: bool = False, **k
             return auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
         except (ValueError, KeyError) as err:  # this auto class does not know the architecture
             errors.append(f"{auto.__name__}: {err}")
-    raise ValueError(f"Could not load {name_or_path} as a mask-predictor:\n" + "\n".join(errors))
+        except Exception as err:  # remote code that no longer runs under this transformers
+            if not auto_map:
+                raise
+            errors.append(f"{auto.__name__}: {type(err).__name__}: {err}")
+    hint = ""
+    if family is not None:
+        hint = (f"\n{family.name} loads natively without its Hub code: drop native_model_families=False "
+                "(--native_model_families false).")
+    raise ValueError(f"Could not load {name_or_path} as a mask-predictor:\n" + "\n".join(errors) + hint)

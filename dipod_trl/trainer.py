@@ -13,17 +13,21 @@ Accelerate/DeepSpeed) is TRL's:
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
 from accelerate.utils import gather
-from transformers import GenerationConfig
+from safetensors.torch import load_file
+from transformers import GenerationConfig, PretrainedConfig
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
 from . import losses
 from .config import DiPODConfig
+from .families import family_of_model
+from .families.adapters import adapter_to_original_format, read_adapter_weights
 from .likelihood import elbo_draws, elbo_per_token, one_step_logps, sample_seeds
 from .models import diffusion_adapter, load_diffusion_model
 from .sampler import diffusion_generate
@@ -67,21 +71,58 @@ class DiPODTrainer(GRPOTrainer):
                 load_kwargs["dtype"] = getattr(torch, load_kwargs["dtype"])
             if kwargs.get("quantization_config") is not None:
                 load_kwargs["quantization_config"] = kwargs.pop("quantization_config")
-            model = load_diffusion_model(model, trust_remote_code=args.trust_remote_code, **load_kwargs)
+            model = load_diffusion_model(
+                model, args.trust_remote_code, native_model_families=args.native_model_families, **load_kwargs
+            )
         if getattr(model, "generation_config", None) is None:  # masked LMs have none; GRPOTrainer writes to it
             model.generation_config = GenerationConfig(
                 eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id
             )
-        args.model_init_kwargs = None  # consumed above; TRL would warn that they are ignored for an instance
+        family = family_of_model(model) if isinstance(getattr(model, "config", None), PretrainedConfig) else None
+        self.family = family if family is not None and isinstance(model, family.model_class) else None
+        if self.family is not None and kwargs.get("peft_config") is not None:  # the family's LoRA names and preset
+            peft_config = kwargs["peft_config"]
+            peft_config.target_modules = self.family.native_lora_targets(peft_config.target_modules)
+        # Consumed above (TRL would warn that they are ignored for an instance). For a native family, TRL's reference
+        # model must not run the Hub code: with trust_remote_code off, the Auto classes resolve to the native class
+        # that `dipod_trl.families` registered.
+        trust_remote_code = args.trust_remote_code
+        args.model_init_kwargs = None
+        args.trust_remote_code = trust_remote_code and self.family is None
         try:
             super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **kwargs)
         finally:
-            args.model_init_kwargs = init_kwargs
+            args.model_init_kwargs, args.trust_remote_code = init_kwargs, trust_remote_code
         self.dllm = diffusion_adapter(
-            self.model, self._tokenizer, args.mask_token_id, args.shifted_logits, args.check_bidirectional
+            self.model, self._tokenizer, args.mask_token_id, args.shifted_logits, args.check_bidirectional,
+            args.attend_to_padding,
         )
         self._active_seeds: torch.Tensor | None = None
         self.num_skipped_rewards = 0  # completions no reward function could score (None/NaN): advantage set to 0
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Checkpoints of native families: saved in the original Hub format, read back into native names
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        if self.family is not None and self.args.should_save:
+            adapter_to_original_format(self.family, output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = model if model is not None else self.model
+        if self.family is None or not self.family.renames:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        weights = os.path.join(resume_from_checkpoint, "model.safetensors")
+        if os.path.exists(os.path.join(resume_from_checkpoint, "adapter_model.safetensors")):
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(model, read_adapter_weights(self.family, resume_from_checkpoint))
+            if result.unexpected_keys:
+                raise ValueError(f"{resume_from_checkpoint}: adapter keys {result.unexpected_keys[:4]} do not fit.")
+        elif os.path.exists(weights):
+            state = self.family.to_native_keys(load_file(weights, device="cpu"))
+            model.load_state_dict(state, strict=not getattr(model.config, "tie_word_embeddings", False))
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     # ----------------------------------------------------------------------------------------------------------------
     # 1. Generation

@@ -8,7 +8,7 @@ and score every item with the same parsing and reward code used in training::
 Generation mode: sample on the task's test split with the diffusion sampler (batched, progress bar), save the
 generations and verdicts as JSON (``--output``, default ``eval_<task>.json``) and print the accuracy::
 
-    python examples/evaluate.py --task gsm8k --model GSAI-ML/LLaDA-8B-Instruct --trust_remote_code \
+    python examples/evaluate.py --task gsm8k --model GSAI-ML/LLaDA-8B-Instruct \
         [--adapter outputs/gsm8k-fpo_dipod] [--limit 200] [--dataset_path test.jsonl]
 
 The summary (accuracy, counts; Sudoku also cell accuracy and exact-solve rate) is printed as JSON on stdout.
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=None, help="diffusion steps (default gen_length // 2)")
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--mask_token_id", type=int, default=None, help="LLaDA: 126336 (default: from tokenizer)")
-    gen.add_argument("--trust_remote_code", action="store_true", help="allow Hub code (LLaDA, Dream)")
+    gen.add_argument("--trust_remote_code", action="store_true", help="allow Hub code (not needed for LLaDA/Dream)")
     gen.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--output", type=Path, default=None, help="write summary plus per-item verdicts here")
     return parser
@@ -69,10 +69,10 @@ def generate_and_score(args: argparse.Namespace) -> dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype) if device == "cuda" else torch.float32
     model = load_diffusion_model(args.model, trust_remote_code=args.trust_remote_code, dtype=dtype).to(device)
-    if args.adapter:
-        from peft import PeftModel
+    if args.adapter:  # PEFT's format, or LLaDA's original module names as dipod_trl saves them
+        from dipod_trl.families.adapters import load_adapter
 
-        model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
+        model = load_adapter(model, args.adapter).merge_and_unload()
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     dataset = load_task_dataset(args.task, args.dataset_path, split="test")

@@ -1,0 +1,48 @@
+"""Diffusion-LM families loaded natively into transformers' own classes (no remote code): one module per family.
+
+Importing this package registers each family with transformers' Auto classes and conversion mappings, so that
+`AutoModelForCausalLM.from_pretrained("GSAI-ML/LLaDA-8B-Instruct")` builds the native class without remote code.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .base import ModelFamily, unwrap
+from .dream import DREAM, DreamConfig, DreamForDiffusionLM
+from .llada import LLADA, LLaDAConfig, LLaDAForDiffusionLM
+
+FAMILIES: tuple[ModelFamily, ...] = (LLADA, DREAM)
+
+
+def family_of(config) -> ModelFamily | None:
+    """The native family of a config (object or dict), by `model_type` (any case) or original architecture."""
+    if config is None:
+        return None
+    as_dict = config if isinstance(config, dict) else {
+        "model_type": getattr(config, "model_type", None), "architectures": getattr(config, "architectures", None)}
+    return next((family for family in FAMILIES if family.matches(as_dict)), None)
+
+
+def family_of_model(model) -> ModelFamily | None:
+    return family_of(getattr(unwrap(model), "config", None))
+
+
+def _register() -> None:
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    for family in FAMILIES:
+        model_type = family.config_class.model_type
+        AutoConfig.register(model_type, family.config_class, exist_ok=True)
+        AutoModelForCausalLM.register(family.config_class, family.model_class, exist_ok=True)
+        AutoModel.register(family.config_class, family.model_class, exist_ok=True)
+        if family.renames:
+            renamings = [WeightRenaming(source_patterns=s, target_patterns=t) for s, t in family.key_mapping().items()]
+            register_checkpoint_conversion_mapping(model_type, renamings, overwrite=True)
+
+
+_register()
+
+__all__ = ["DREAM", "FAMILIES", "LLADA", "DreamConfig", "DreamForDiffusionLM", "LLaDAConfig", "LLaDAForDiffusionLM",
+           "ModelFamily", "family_of", "family_of_model", "unwrap"]

@@ -1,0 +1,175 @@
+"""What a native model family is: a transformers config + class pair, plus the facts dipod_trl needs about it.
+
+A family maps a diffusion LM published with its own Hub modelling code (LLaDA, Dream) onto one of transformers'
+classes with bidirectional attention. Weights are renamed by transformers' conversion mapping while loading and
+renamed back by `save_pretrained`; the config classes read the Hub `config.json` field names and write them back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A diffusion-LM family loaded natively. Instances live in one module per family (`llada.py`, `dream.py`)."""
+
+    name: str
+    model_types: tuple[str, ...]  # config `model_type` values, compared case-insensitively
+    original_architectures: tuple[str, ...]  # `architectures` of the Hub checkpoints (fallback detection)
+    config_class: type
+    model_class: type
+    hub_ids: tuple[str, ...]
+    # (original module path, native module path) pairs, `{i}` standing for a block index; both directions of the
+    # weight renaming (loading and saving) are derived from these.
+    renames: tuple[tuple[str, str], ...] = ()
+    # Original module names that users may put in LoRA `target_modules`, and their native names.
+    lora_aliases: dict[str, str] = field(default_factory=dict)
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    shifted_logits: bool = False  # logits at i predict token i + 1
+    attend_to_padding: bool = False  # default padding convention: True lets rows attend to pad tokens (LLaDA's code)
+
+    def matches(self, config_dict: dict) -> bool:
+        model_type = str(config_dict.get("model_type") or "").lower()
+        architectures = config_dict.get("architectures") or ()
+        return model_type in self.model_types or any(a in self.original_architectures for a in architectures)
+
+    def key_mapping(self, reverse: bool = False) -> dict[str, str]:
+        """`{regex: replacement}` renaming parameter names original -> native (or back), for `from_pretrained`."""
+        pairs = [(n, o) if reverse else (o, n) for o, n in self.renames]
+        return {_path_regex(src): dst.replace("{i}", r"\1") + "." for src, dst in pairs}
+
+    def to_native_keys(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename parameters from the original checkpoint's names to the native class's names."""
+        return _rename_keys(state_dict, self.key_mapping())
+
+    def to_original_keys(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename parameters (or LoRA adapter weights) from native names back to the original checkpoint's names."""
+        return _rename_keys(state_dict, self.key_mapping(reverse=True))
+
+    def native_lora_targets(self, target_modules):
+        """LoRA targets with original module names (e.g. LLaDA's `attn_out`) translated; `None` gives the preset."""
+        if target_modules is None:
+            return list(self.lora_target_modules)
+        if isinstance(target_modules, str):  # a regex or "all-linear": PEFT's own semantics
+            return target_modules
+        return [self.lora_aliases.get(name, name) for name in target_modules]
+
+    def original_lora_targets(self, target_modules):
+        """PEFT `target_modules` for the original modelling code: a full-match regex over original module paths."""
+        if isinstance(target_modules, str) or not self.renames:
+            return target_modules
+        targets = set(target_modules)
+        paths = sorted(_path_regex(o)[:-2] for o, n in self.renames if "{i}" in n and n.rsplit(".", 1)[-1] in targets)
+        return "|".join(f"(.*\\.)?{p}" for p in paths)
+
+    def __repr__(self) -> str:
+        return f"ModelFamily({self.name!r})"
+
+
+def _path_regex(path: str) -> str:
+    """Regex for a module path followed by a dot; `{i}` matches a block index (one group)."""
+    return re.escape(path).replace(re.escape("{i}"), r"(\d+)") + r"\."
+
+
+def _rename_keys(state_dict: dict, mapping: dict[str, str]) -> dict:
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in mapping.items():
+            key, n = re.subn(pattern, replacement, key, count=1)
+            if n:
+                break
+        out[key] = value
+    return out
+
+
+class OriginalFormatConfigMixin:
+    """Config mixin: read the Hub field names (`attribute_map`) and write them back (`to_dict`)."""
+
+    original_architecture: str = ""
+    #: original fields written as copies of other original fields (LLaDA's `vocab_size` = `embedding_size`)
+    copied_original_fields: dict[str, str] = {}
+    #: native-only fields that the original `config.json` does not have
+    native_only_fields: tuple[str, ...] = ("is_causal",)
+
+    def __post_init__(self, **kwargs):
+        # The dataclass __init__ leaves the Hub's field names in kwargs: move them onto the native fields before the
+        # native config derives anything from them (head_dim from hidden_size, ...).
+        for original, native in self.attribute_map.items():
+            if original in kwargs:
+                setattr(self, native, kwargs.pop(original))
+        super().__post_init__(**kwargs)
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        for original, native in self.attribute_map.items():
+            if native in out:
+                out[original] = out.pop(native)
+        for copy, source in self.copied_original_fields.items():
+            out[copy] = out[source]
+        rope = out.get("rope_parameters") or {}
+        if "rope_theta" in rope:
+            out["rope_theta"] = rope["rope_theta"]
+        for key in self.native_only_fields:
+            out.pop(key, None)
+        out["architectures"] = [self.original_architecture]
+        return out
+
+
+class BidirectionalMixin:
+    """Model mixin: full attention everywhere, and `save_pretrained` that keeps the Hub's modelling-code pointers."""
+
+    def _make_bidirectional(self) -> None:
+        self.config.is_causal = False
+        for module in self.modules():
+            if hasattr(module, "is_causal"):
+                module.is_causal = False
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            link_remote_code(self.config, save_directory)
+
+
+def link_remote_code(config, save_directory: str) -> None:
+    """Make the saved `auto_map` loadable by the original modelling code (`trust_remote_code=True`).
+
+    The code files are copied when the source checkpoint is a local folder holding them; otherwise `auto_map` points
+    at the source Hub repo (`repo--module.Class`), as transformers does for remote code.
+    """
+    auto_map = getattr(config, "auto_map", None) or {}
+    source = getattr(config, "_name_or_path", "") or ""
+    if not auto_map:
+        return
+    modules = {ref.split("--")[-1].rsplit(".", 1)[0] for ref in auto_map.values()}
+    if os.path.isdir(source):
+        for name in os.listdir(source):
+            if name.endswith(".py") and not os.path.exists(os.path.join(save_directory, name)):
+                shutil.copy(os.path.join(source, name), save_directory)
+        return
+    if not all(os.path.exists(os.path.join(save_directory, f"{m}.py")) for m in modules) and "/" in source:
+        import json
+
+        path = os.path.join(save_directory, "config.json")
+        with open(path) as f:
+            saved = json.load(f)
+        saved["auto_map"] = {k: v if "--" in v else f"{source}--{v}" for k, v in auto_map.items()}
+        with open(path, "w") as f:
+            json.dump(saved, f, indent=2, sort_keys=True)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The innermost Hugging Face model under PEFT / DDP / DeepSpeed wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            return model

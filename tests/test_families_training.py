@@ -1,0 +1,83 @@
+"""The trainer, the task scripts, evaluation and resume on the real LLaDA and Dream layouts (../shared tiny models)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_evaluate import load_cli
+from test_trainer import digit_reward, logged, make_config, make_dataset
+
+from dipod_trl import DiPODTrainer
+from dipod_trl.families import DREAM, LLADA
+from dipod_trl.runner import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "models"
+FAMILIES = {"llada-tiny": LLADA, "dream-tiny": DREAM}
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/models is not available")]
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("estimator", ["elbo", "one_step", "spg"])
+def test_every_estimator_trains_with_kl_accumulation_and_checkpointing(tmp_path, name, estimator):
+    args = make_config(tmp_path, likelihood_estimator=estimator, num_iterations=2, gradient_accumulation_steps=2,
+                       per_device_train_batch_size=4, beta=0.04, gradient_checkpointing=True, trust_remote_code=True)
+    trainer = DiPODTrainer(str(SHARED / name), [digit_reward], args=args, train_dataset=make_dataset())
+    family = FAMILIES[name]
+    assert isinstance(trainer.model, family.model_class)
+    assert isinstance(trainer.ref_model, family.model_class)  # no remote code even with trust_remote_code=True
+    assert trainer.dllm.shifted_logits == family.shifted_logits
+    assert trainer.dllm.attend_to_padding == family.attend_to_padding
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert any(getattr(m, "gradient_checkpointing", False) for m in trainer.model.modules())  # TRL's default, on
+    assert logged(trainer, "kl") and all(v == v for v in logged(trainer, "dipod/elbo"))
+
+
+def _script_args(tmp_path, name, *extra):
+    return ["--config", str(ROOT / "recipes/gsm8k/tiny_cpu.yaml"), "--model_name_or_path", str(SHARED / name),
+            "--create_tiny_model", "false", "--dataset_path", str(ROOT / "recipes/gsm8k/tiny_gsm8k.jsonl"),
+            "--output_dir", str(tmp_path / "out"), *extra]
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_lora_run_saves_hub_format_resumes_and_evaluates(tmp_path, name):
+    """LoRA with the family preset: checkpoints in the original names, exact resume, evaluate.py on the adapter."""
+    common = ["--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1", "--use_peft", "true",
+              "--lora_r", "4"]
+    full = main("gsm8k", _script_args(tmp_path / "a", name, *common))
+    out = tmp_path / "a" / "out"
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    hub_modules = {k.rsplit(".", 1)[0] for k in load_file(str(SHARED / name / "model.safetensors"))}
+    assert {re.sub(r"^base_model\.model\.|\.lora_[AB]\.weight$", "", k) for k in saved} <= hub_modules
+    assert len(saved) == 2 * 2 * 7  # A and B for the 7 linear layers of each of the 2 blocks: the family preset
+
+    resumed = main("gsm8k", _script_args(tmp_path / "b", name, *common, "--resume_from_checkpoint",
+                                         str(out / "checkpoint-2")))
+    again = load_file(str(tmp_path / "b" / "out" / "adapter_model.safetensors"))
+    assert all(torch.allclose(saved[k], again[k], atol=1e-6) for k in saved)
+    assert logged(full, "reward")[-1] == logged(resumed, "reward")[-1]
+
+    evaluate = load_cli().main
+    report = tmp_path / "eval.json"
+    assert evaluate(["--task", "gsm8k", "--model", str(SHARED / name), "--adapter", str(out), "--limit", "2",
+                     "--dataset_path", str(ROOT / "recipes/gsm8k/tiny_gsm8k.jsonl"), "--gen_length", "16",
+                     "--block_length", "8", "--output", str(report)]) == 0
+    assert len(json.loads(report.read_text())["generations"]) == 2
+
+
+def test_full_model_checkpoint_in_llada_names_resumes_exactly(tmp_path):
+    common = ["--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1"]
+    main("gsm8k", _script_args(tmp_path / "a", "llada-tiny", *common))
+    checkpoint = tmp_path / "a" / "out" / "checkpoint-2"
+    assert "model.transformer.blocks.0.attn_out.weight" in load_file(str(checkpoint / "model.safetensors"))
+    main("gsm8k", _script_args(tmp_path / "b", "llada-tiny", *common, "--resume_from_checkpoint", str(checkpoint)))
+    a = load_file(str(tmp_path / "a" / "out" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "out" / "model.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
