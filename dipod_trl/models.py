@@ -7,6 +7,7 @@ logits over the vocabulary: LLaDA and Dream (loaded natively, see `dipod_trl.fam
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -86,16 +87,32 @@ def is_bidirectional(model: nn.Module, vocab_size: int | None = None, length: in
     was_training = base.training
     base.eval()
     try:
-        ids = torch.arange(length, device=device).unsqueeze(0) % vocab_size
-        other = ids.clone()
-        other[0, -1] = (ids[0, -1] + 1) % vocab_size
-        out_a = base(input_ids=ids)
-        out_b = base(input_ids=other)
-        logits_a = out_a.logits if hasattr(out_a, "logits") else out_a[0]
-        logits_b = out_b.logits if hasattr(out_b, "logits") else out_b[0]
-        return not torch.allclose(logits_a[0, 0].float(), logits_b[0, 0].float(), atol=0.0, rtol=0.0)
+        with gathered_parameters(base):
+            return _depends_on_last_token(base, vocab_size, length, device)
     finally:
         base.train(was_training)
+
+
+def _depends_on_last_token(base: nn.Module, vocab_size: int, length: int, device) -> bool:
+    ids = torch.arange(length, device=device).unsqueeze(0) % vocab_size
+    other = ids.clone()
+    other[0, -1] = (ids[0, -1] + 1) % vocab_size
+    out_a = base(input_ids=ids)
+    out_b = base(input_ids=other)
+    logits_a = out_a.logits if hasattr(out_a, "logits") else out_a[0]
+    logits_b = out_b.logits if hasattr(out_b, "logits") else out_b[0]
+    return not torch.allclose(logits_a[0, 0].float(), logits_b[0, 0].float(), atol=0.0, rtol=0.0)
+
+
+def gathered_parameters(model: nn.Module):
+    """Context in which a DeepSpeed ZeRO-3 model's sharded parameters are whole (a no-op otherwise)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
 
 
 def diffusion_adapter(

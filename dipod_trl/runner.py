@@ -20,6 +20,7 @@ from trl.trainer.utils import get_peft_config, get_quantization_config
 
 from . import data, rewards
 from .config import DiPODConfig
+from .models import gathered_parameters
 from .tiny import save_tiny
 from .trainer import DiPODTrainer
 
@@ -131,11 +132,14 @@ def main(task: str | None = None, argv: list[str] | None = None, callbacks: list
 
 def _write_rank_summary(trainer: DiPODTrainer) -> None:
     rank = trainer.accelerator.process_index
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with gathered_parameters(model):  # ZeRO-3 shards: hash the whole weights, not this rank's slice
+        checksum = weight_checksum(model)
     summary = {
         "rank": rank,
         "world_size": trainer.accelerator.num_processes,
         "global_step": trainer.state.global_step,
-        "weights_sha256": weight_checksum(trainer.accelerator.unwrap_model(trainer.model)),
+        "weights_sha256": checksum,
         "rewards_seen": {k: list(v) for k, v in trainer._logs["rewards"].items()},
     }
     with open(os.path.join(trainer.args.output_dir, f"rank{rank}.json"), "w") as f:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,22 @@ def test_full_model_checkpoint_in_llada_names_resumes_exactly(tmp_path):
     a = load_file(str(tmp_path / "a" / "out" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "out" / "model.safetensors"))
     assert sorted(a) == sorted(b) and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_two_process_deepspeed_run_saves_hub_format(tmp_path, name, stage):
+    pytest.importorskip("deepspeed")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
+           str(ROOT / "recipes/accelerate" / f"{stage}.yaml"), str(ROOT / "examples/gsm8k.py"),
+           *_script_args(tmp_path, name, "--max_steps", "2", "--beta", "0.04", "--write_rank_checksums", "true")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = tmp_path / "out"
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["global_step"] == 2 for r in ranks) and ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    saved, hub = load_file(str(out / "model.safetensors")), load_file(str(SHARED / name / "model.safetensors"))
+    assert sorted(saved) == sorted(hub) and all(saved[k].shape == hub[k].shape for k in hub)  # whole, Hub names
+    assert any(not torch.equal(saved[k], hub[k]) for k in hub)  # trained
