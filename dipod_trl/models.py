@@ -13,8 +13,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.utils import logging
 
 from .families import family_of, family_of_model, unwrap
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -166,11 +169,20 @@ def load_diffusion_model(
             f"{name_or_path} ships its own modelling code ({', '.join(auto_map)}). Pass trust_remote_code=True "
             "(--trust_remote_code in the scripts) if you trust it, and pin it with a revision."
         )
+    if auto_map and kwargs.get("revision") in (None, "main"):
+        logger.warning("Running the Hub modelling code of %s unpinned: pass revision=<commit> (--model_revision) so "
+                       "a later push cannot change what runs.", name_or_path)
     errors = []
     for auto in (AutoModelForMaskedLM, AutoModelForCausalLM, AutoModel):
         if auto_map and auto.__name__ not in auto_map:
             continue
         try:
+            if auto_map:  # the Hub class itself: the Auto classes would resolve a registered family natively
+                from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+                remote = get_class_from_dynamic_module(auto_map[auto.__name__], name_or_path,
+                                                       revision=kwargs.get("revision"))
+                return remote.from_pretrained(name_or_path, trust_remote_code=True, **kwargs)
             return auto.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
         except (ValueError, KeyError) as err:  # this auto class does not know the architecture
             errors.append(f"{auto.__name__}: {err}")
@@ -180,6 +192,5 @@ def load_diffusion_model(
             errors.append(f"{auto.__name__}: {type(err).__name__}: {err}")
     hint = ""
     if family is not None:
-        hint = (f"\n{family.name} loads natively without its Hub code: drop native_model_families=False "
-                "(--native_model_families false).")
+        hint = f"\n{family.name} loads natively without its Hub code: leave native_model_families=True (the default)."
     raise ValueError(f"Could not load {name_or_path} as a mask-predictor:\n" + "\n".join(errors) + hint)

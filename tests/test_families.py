@@ -111,9 +111,12 @@ def test_unsupported_llada_options_are_refused_with_the_fix(tmp_path):
 
 
 @needs_shared
-def test_remote_code_is_opt_in():
+def test_remote_code_is_opt_in_and_fails_clearly_where_it_cannot_load():
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         load_diffusion_model(str(SHARED / "llada-tiny"), native_model_families=False)
+    # opted in: LLaDA's 4.x code does not load under transformers 5, and the error says how to load it natively
+    with pytest.raises(ValueError, match="loads natively without its Hub code"):
+        load_diffusion_model(str(SHARED / "llada-tiny"), native_model_families=False, trust_remote_code=True)
 
 
 @needs_shared
@@ -198,3 +201,28 @@ def test_paper_recipes_load_natively_and_adapt_what_the_paper_adapted(recipe, tm
     release = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
     matched_by_release = {m.rsplit(".", 1)[-1] for m in hub_modules if m.rsplit(".", 1)[-1] in release}
     assert matched_by_release == set(model_args.lora_target_modules) == {"q_proj", "k_proj", "v_proj", "up_proj"}
+
+
+@needs_shared
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_configs_as_the_7b_checkpoints_write_them_load_the_same(name, tmp_path):
+    """Fields the tiny configs do not show: 4.x-style RoPE fields, torch_dtype, sliding-window settings, no mask id."""
+    import shutil
+
+    for file in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(SHARED / name / file, tmp_path)
+    config = json.loads((SHARED / name / "config.json").read_text())
+    config.pop("mask_token_id")
+    config["torch_dtype"] = config.pop("dtype")
+    if FAMILIES[name] is DREAM:  # Dream-v0-Instruct-7B: rope_theta + rope_scaling, an unused sliding window
+        config.pop("rope_parameters")
+        config.update(rope_scaling=None, sliding_window=131072, use_sliding_window=False, max_window_layers=28)
+    else:
+        config["use_cache"] = False
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = _load(str(tmp_path))
+    assert model.config.mask_token_id == (126336 if FAMILIES[name] is LLADA else 151666)  # the family's default
+    assert model.config.rope_parameters["rope_theta"] == config["rope_theta"]
+    ids = _reference(name)["input_ids"][:1]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, _load(name)(ids).logits)

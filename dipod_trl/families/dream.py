@@ -1,4 +1,4 @@
-"""Dream (Dream-org/Dream-v0-Base-7B, -Instruct-7B): transformers' Qwen2 with bidirectional attention.
+"""Dream (Dream-org/Dream-v0-*-7B, Dream-Coder, apple/DiffuCoder-7B-*): Qwen2 with bidirectional attention.
 
 Dream's Hub code is Qwen2 with full attention; its parameter names are Qwen2's, so no renaming is needed. Its logits
 keep the autoregressive shift (position i predicts token i + 1), and its own generation code masks padding with a
@@ -11,6 +11,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from .base import BidirectionalMixin, ModelFamily, OriginalFormatConfigMixin
 
+DREAM_MASK_TOKEN_ID = 151666
+
 
 class DreamConfig(OriginalFormatConfigMixin, Qwen2Config):
     """`Qwen2Config` under Dream's model_type (`"Dream"`), written back in Dream's format."""
@@ -21,6 +23,7 @@ class DreamConfig(OriginalFormatConfigMixin, Qwen2Config):
 
     def __post_init__(self, **kwargs):
         self.is_causal = False
+        kwargs.setdefault("mask_token_id", DREAM_MASK_TOKEN_ID)  # <|mask|> of the Qwen2.5-based Dream vocabulary
         super().__post_init__(**kwargs)
 
 
@@ -40,7 +43,8 @@ DREAM = ModelFamily(
     original_architectures=("DreamModel",),
     config_class=DreamConfig,
     model_class=DreamForDiffusionLM,
-    hub_ids=("Dream-org/Dream-v0-Base-7B", "Dream-org/Dream-v0-Instruct-7B"),
+    hub_ids=("Dream-org/Dream-v0-Base-7B", "Dream-org/Dream-v0-Instruct-7B", "Dream-org/Dream-Coder-v0-Instruct-7B",
+             "apple/DiffuCoder-7B-Base", "apple/DiffuCoder-7B-Instruct", "apple/DiffuCoder-7B-cpGRPO"),
     shifted_logits=True,
     attend_to_padding=False,
 )

@@ -11,6 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from .base import BidirectionalMixin, ModelFamily, OriginalFormatConfigMixin
 
+LLADA_MASK_TOKEN_ID = 126336
+
 # Options of LLaDA's code that the Llama computation does not reproduce: (field, value the native path needs).
 _REQUIRED = {
     "block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "alibi": False, "rope": True,
@@ -37,6 +39,7 @@ class LLaDAConfig(OriginalFormatConfigMixin, LlamaConfig):
     def __post_init__(self, **kwargs):
         self.is_causal = False
         self.use_cache = kwargs.pop("use_cache", False)
+        kwargs.setdefault("mask_token_id", LLADA_MASK_TOKEN_ID)  # every released LLaDA uses it; configs may omit it
         for name, needed in _REQUIRED.items():
             value = kwargs.get(name, needed)
             if value != needed:
