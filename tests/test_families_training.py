@@ -103,3 +103,19 @@ def test_two_process_deepspeed_run_saves_hub_format(tmp_path, name, stage):
     saved, hub = load_file(str(out / "model.safetensors")), load_file(str(SHARED / name / "model.safetensors"))
     assert sorted(saved) == sorted(hub) and all(saved[k].shape == hub[k].shape for k in hub)  # whole, Hub names
     assert any(not torch.equal(saved[k], hub[k]) for k in hub)  # trained
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_task_scripts_run_from_the_command_line_without_remote_code(tmp_path, name):
+    """The issue's acceptance commands: examples/gsm8k.py and examples/sudoku.py on the Hub layouts, 2 steps."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    gsm8k = [sys.executable, str(ROOT / "examples/gsm8k.py"), *_script_args(tmp_path / "gsm8k", name, "--max_steps",
+                                                                             "2")]
+    sudoku = [sys.executable, str(ROOT / "examples/sudoku.py"), "--config", str(ROOT / "recipes/sudoku/tiny_cpu.yaml"),
+              "--model_name_or_path", str(SHARED / name), "--create_tiny_model", "false", "--output_dir",
+              str(tmp_path / "sudoku"), "--max_steps", "2"]
+    for cmd in (gsm8k, sudoku):
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (tmp_path / "gsm8k" / "out" / "model.safetensors").exists()
+    assert (tmp_path / "sudoku" / "model.safetensors").exists()
