@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,9 +116,12 @@ def test_unsupported_llada_options_are_refused_with_the_fix(tmp_path):
 def test_remote_code_is_opt_in_and_fails_clearly_where_it_cannot_load():
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         load_diffusion_model(str(SHARED / "llada-tiny"), native_model_families=False)
-    # opted in: LLaDA's 4.x code does not load under transformers 5, and the error says how to load it natively
-    with pytest.raises(ValueError, match="loads natively without its Hub code"):
-        load_diffusion_model(str(SHARED / "llada-tiny"), native_model_families=False, trust_remote_code=True)
+    # Opted in: LLaDA's 4.x code does not load under transformers 5, and the error says how to load it natively.
+    # In a subprocess: running Hub code re-registers the "llada" config class in transformers' global Auto mappings.
+    code = ("from dipod_trl.models import load_diffusion_model as load\n"
+            f"load({str(SHARED / 'llada-tiny')!r}, native_model_families=False, trust_remote_code=True)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "loads natively without its Hub code" in proc.stderr, proc.stderr[-2000:]
 
 
 @needs_shared
