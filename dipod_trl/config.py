@@ -32,8 +32,12 @@ class DiPODConfig(GRPOConfig):
         elbo_samples (`int`, *optional*, defaults to `4`):
             Monte-Carlo samples (number of masked tokens and mask pattern) per sequence for the ELBO.
         elbo_batch_size (`int` or `None`, *optional*, defaults to `None`):
-            Forward at most this many masked copies at once when estimating the ELBO. `None` runs all
-            `batch * elbo_samples` copies in one forward.
+            Forward at most this many masked copies at once when estimating the ELBO. `None` chooses from the batch:
+            one Monte-Carlo sample of every sequence per forward (`elbo_samples` forwards of `batch` rows).
+        dipod_elbo_samples (`int`, *optional*, defaults to `1`):
+            `one_step` only: Monte-Carlo samples of the DiPOD term's ELBO, its only extra forward (the other
+            estimators reuse the policy loss's ELBO and `elbo_samples`). More samples lower its variance at a
+            proportional cost; `make bench` reports both.
         p_mask_prompt (`float`, *optional*, defaults to `0.15`):
             `one_step` only: probability of masking each prompt token.
         spg_omega (`float`, *optional*, defaults to `0.5`):
@@ -52,7 +56,8 @@ class DiPODConfig(GRPOConfig):
             Weight of the DiPOD term `dipod_beta * (-ELBO_theta(on-policy completions))` added to every estimator's
             loss. `0.0` disables it exactly (and skips any extra forward it would need).
 
-        > Diffusion sampling
+        > Diffusion sampling (the `kv_cache`, `decoding_threshold` fast paths change the rollouts, not the objective:
+        > the ELBO ratio is the model's, whatever sampler produced the completions)
 
         diffusion_steps (`int` or `None`, *optional*, defaults to `None`):
             Denoising steps for a whole completion. `None` uses `max_completion_length // 2`, as the paper's runs.
@@ -63,6 +68,19 @@ class DiPODConfig(GRPOConfig):
             or uniformly random ones (`"random"`).
         cfg_scale (`float`, *optional*, defaults to `0.0`):
             Classifier-free guidance scale (`0.0` disables it; the unconditional pass masks the prompt).
+        decoding_threshold (`float` or `None`, *optional*, defaults to `None`):
+            Parallel decoding (Fast-dLLM): each step reveals every masked token of the block whose confidence
+            reaches this value, at least one per row, until the block is done; `diffusion_steps` is then unused.
+            `None` keeps the exact fixed schedule. Fast-dLLM uses 0.9.
+        kv_cache (`str`, *optional*, defaults to `"none"`):
+            Cache the keys/values outside the active block (native LLaDA/Dream only): `"prefix"` (prompt and finished
+            blocks) or `"dual"` (also the masked blocks after it). Refreshed at block boundaries and every
+            `kv_cache_refresh` steps. An approximation under bidirectional attention, hence off by default.
+        kv_cache_refresh (`int`, *optional*, defaults to `0`):
+            Also refresh the cache every this many steps inside a block (`0`: only at block boundaries).
+        stop_at_eos (`bool`, *optional*, defaults to `True`):
+            Stop sampling once every completion has an EOS in a finished block (the rest is filled with EOS and cut
+            by the trainer anyway, so the kept tokens are unchanged).
 
         > Model
 
@@ -94,6 +112,9 @@ class DiPODConfig(GRPOConfig):
     elbo_batch_size: int | None = field(
         default=None, metadata={"help": "Max masked copies per ELBO forward (None: all in one forward)."}
     )
+    dipod_elbo_samples: int = field(
+        default=1, metadata={"help": "one_step: Monte-Carlo samples of the DiPOD term's ELBO."}
+    )
     p_mask_prompt: float = field(default=0.15, metadata={"help": "one_step: probability of masking a prompt token."})
     spg_omega: float = field(default=0.5, metadata={"help": "spg: weight of the EUBO in the negative-advantage mix."})
     spg_eubo_beta: float = field(default=1.0, metadata={"help": "spg: Renyi order of the upper bound (> 0)."})
@@ -114,6 +135,15 @@ class DiPODConfig(GRPOConfig):
         metadata={"help": "Remasking strategy: 'low_confidence' or 'random'.", "choices": list(REMASKING)},
     )
     cfg_scale: float = field(default=0.0, metadata={"help": "Classifier-free guidance scale (0 disables)."})
+    decoding_threshold: float | None = field(
+        default=None, metadata={"help": "Parallel decoding: reveal every token at least this confident (None: exact)."}
+    )
+    kv_cache: str = field(
+        default="none", metadata={"help": "KV cache outside the active block: 'none', 'prefix' or 'dual'.",
+                                  "choices": ["none", "prefix", "dual"]}
+    )
+    kv_cache_refresh: int = field(default=0, metadata={"help": "Refresh the KV cache every N steps (0: per block)."})
+    stop_at_eos: bool = field(default=True, metadata={"help": "Stop sampling once every row has an EOS."})
     mask_token_id: int | None = field(
         default=None, metadata={"help": "Mask token id (None: from the tokenizer or the model config)."}
     )
@@ -147,6 +177,14 @@ class DiPODConfig(GRPOConfig):
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}.")
         if self.elbo_samples < 1:
             raise ValueError(f"elbo_samples must be >= 1, got {self.elbo_samples}.")
+        if self.dipod_elbo_samples < 1:
+            raise ValueError(f"dipod_elbo_samples must be >= 1, got {self.dipod_elbo_samples}.")
+        if self.kv_cache not in ("none", "prefix", "dual"):
+            raise ValueError(f"kv_cache must be 'none', 'prefix' or 'dual', got {self.kv_cache!r}.")
+        if self.kv_cache_refresh < 0:
+            raise ValueError(f"kv_cache_refresh must be >= 0, got {self.kv_cache_refresh}.")
+        if self.decoding_threshold is not None and not 0.0 < self.decoding_threshold <= 1.0:
+            raise ValueError(f"decoding_threshold must be in (0, 1] or None, got {self.decoding_threshold}.")
         if self.elbo_batch_size is not None and self.elbo_batch_size < 1:
             raise ValueError(f"elbo_batch_size must be >= 1 or None, got {self.elbo_batch_size}.")
         if not 0.0 <= self.p_mask_prompt < 1.0:

@@ -88,8 +88,8 @@ def masked_token_logps(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`log p(targets | noisy_ids)` on the last `C` positions where `score` is True (0 elsewhere), shape `(N, C)`.
 
-    Only the scored rows of the logits go through the log-softmax (TRL's `selective_log_softmax`, fused on GPU), so
-    no full-vocabulary float32 log-softmax is materialised. `batch_size` bounds the rows per forward.
+    Only the scored positions go through the lm-head (models with `sparse_logits`) and the log-softmax (TRL's
+    `selective_log_softmax`, fused on GPU). `batch_size` bounds the rows per forward.
     """
     num_rows, c = targets.shape
     batch_size = batch_size or num_rows
@@ -98,9 +98,10 @@ def masked_token_logps(
     pieces_logp, pieces_ent = [], []
     for start in range(0, num_rows, batch_size):
         sl = slice(start, start + batch_size)
-        logits = adapter.logits(model, noisy_ids[sl], attention_mask[sl])[:, -c:]
         where = score[sl]
-        chosen = logits[where]
+        keep = torch.zeros_like(noisy_ids[sl], dtype=torch.bool)
+        keep[:, -c:] = where
+        chosen = adapter.scored_logits(model, noisy_ids[sl], attention_mask[sl], keep)
         if compute_entropy:
             lp, ent = selective_log_softmax_and_entropy(chosen, targets[sl][where])
             pieces_ent.append(ent.float())
@@ -126,7 +127,8 @@ def elbo_draws(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ELBO's Monte-Carlo draws: log-probs `(S, B, C)` at masked positions (0 elsewhere), masks, weights `L/k`.
 
-    All `S * B` masked copies go through the model in forwards of at most `batch_size` rows.
+    The `S * B` masked copies go through the model in forwards of at most `batch_size` rows (default `B`: one sample
+    of every sequence per forward).
     """
     c = completion_length
     completion_ids, completion_mask = input_ids[:, -c:], attention_mask[:, -c:]
@@ -141,7 +143,7 @@ def elbo_draws(
         attention_mask.repeat(s, 1),
         completion_ids.repeat(s, 1),
         masks.view(s * b, c),
-        batch_size=batch_size,
+        batch_size=batch_size or b,
     )
     return logps.view(s, b, c), masks, weights
 

@@ -22,30 +22,57 @@ logger = logging.get_logger(__name__)
 
 @dataclass(frozen=True)
 class DiffusionLM:
-    """How to call a mask-predictor: its mask token, logit alignment and padding convention.
+    """How to call a mask-predictor: its mask token, logit alignment, padding convention and fast paths.
 
     `attend_to_padding=True` passes no padding mask, so rows attend to pad tokens (LLaDA's own convention).
     Otherwise padded batches get the 2-D attention mask and, with `positions_from_mask`, position ids that count from
     each row's first real token (Dream's convention), which makes a left-padded row's logits equal its unpadded ones.
+    `sparse_logits`: the forward takes a boolean `(B, L)` `logits_to_keep` and runs the lm-head on those positions
+    only (transformers' decoder classes). `kv_cache`: the forward takes a KV cache under bidirectional attention
+    (the native LLaDA/Dream classes), which the sampler's prefix cache uses.
     """
 
     mask_token_id: int
     shifted_logits: bool = False
     attend_to_padding: bool = False
     positions_from_mask: bool = False
+    sparse_logits: bool = False
+    kv_cache: bool = False
+
+    def call_kwargs(self, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """`attention_mask` / `position_ids` for a forward over the whole `(B, L)` canvas, per the conventions."""
+        if self.attend_to_padding or attention_mask is None or bool(attention_mask.all()):
+            return {}
+        kwargs = {"attention_mask": attention_mask}
+        if self.positions_from_mask:
+            kwargs["position_ids"] = positions_from_mask(attention_mask)
+        return kwargs
 
     def logits(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Per-position logits `(B, L, V)` where row `i` predicts token `i` (shift undone for Dream-style models)."""
-        kwargs = {}
-        if not self.attend_to_padding and attention_mask is not None and not bool(attention_mask.all()):
-            kwargs["attention_mask"] = attention_mask
-            if self.positions_from_mask:
-                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, **kwargs)
+        out = model(input_ids=input_ids, **self.call_kwargs(attention_mask))
         logits = out.logits if hasattr(out, "logits") else out[0]
         if self.shifted_logits:  # logits[i] predicts token i+1: position i is predicted by logits[i-1]
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
+
+    def scored_logits(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits `(N, V)` of the `N` positions where `keep (B, L)` is True, in row-major order.
+
+        With `sparse_logits` the lm-head (and everything after it) runs on those positions only.
+        """
+        if not self.sparse_logits or (self.shifted_logits and bool(keep[:, 0].any())):
+            return self.logits(model, input_ids, attention_mask)[keep]
+        raw_keep = torch.cat([keep[:, 1:], keep[:, :1] & False], dim=1) if self.shifted_logits else keep
+        out = model(input_ids=input_ids, logits_to_keep=raw_keep, **self.call_kwargs(attention_mask))
+        return out.logits
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counting from each row's first real token (0 on left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def resolve_mask_token_id(model: nn.Module, tokenizer=None, mask_token_id: int | None = None) -> int:
@@ -145,7 +172,34 @@ def diffusion_adapter(
     shifted = detect_shifted_logits(model) if shifted_logits is None else bool(shifted_logits)
     if attend_to_padding is None:
         attend_to_padding = family.attend_to_padding if family else not accepts_attention_mask(model)
-    return DiffusionLM(mask_id, shifted, bool(attend_to_padding), positions_from_mask=family is not None)
+    native = family is not None and isinstance(unwrap(model), family.model_class)
+    return DiffusionLM(mask_id, shifted, bool(attend_to_padding), positions_from_mask=family is not None,
+                       sparse_logits=supports_sparse_logits(model, vocab), kv_cache=native)
+
+
+@torch.no_grad()
+def supports_sparse_logits(model: nn.Module, vocab_size: int) -> bool:
+    """Probe: does the forward take a boolean `(B, L)` `logits_to_keep` and return just those rows, exactly?"""
+    base = unwrap(model)
+    try:
+        if "logits_to_keep" not in inspect.signature(base.forward).parameters:
+            return False
+    except (TypeError, ValueError):
+        return False
+    device = next(base.parameters()).device
+    ids = torch.arange(6, device=device).unsqueeze(0) % vocab_size
+    keep = torch.tensor([[False, True, False, True, False, False]], device=device)
+    was_training = base.training
+    base.eval()
+    try:
+        with gathered_parameters(base):
+            full = base(input_ids=ids).logits
+            sparse = base(input_ids=ids, logits_to_keep=keep).logits
+    except Exception:  # an older signature: no boolean masks
+        return False
+    finally:
+        base.train(was_training)
+    return sparse.shape == (2, full.size(-1)) and torch.allclose(sparse, full[keep], atol=1e-5)
 
 
 def load_diffusion_model(

@@ -8,9 +8,12 @@ by model confidence (`low_confidence`) or at random (`random`). Tokens are drawn
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from .block_cache import KV_CACHE_MODES, BlockCache
 from .models import DiffusionLM
 
 
@@ -53,11 +56,24 @@ def diffusion_generate(
     remasking: str = "low_confidence",
     cfg_scale: float = 0.0,
     generator: torch.Generator | None = None,
+    threshold: float | None = None,
+    kv_cache: str = "none",
+    cache_refresh: int = 0,
+    eos_token_ids: Sequence[int] | None = None,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """Generate `gen_length` tokens after each left-padded prompt; returns the completions `(B, gen_length)`.
 
-    Invariants: prompt tokens never change; each step reveals exactly the scheduled number of tokens per row; no mask
-    token remains; a fixed `generator` seed gives the same output.
+    Exact decoding (the defaults) reveals a fixed schedule of `steps / num_blocks` steps per block. Fast paths:
+    `threshold` reveals every masked token of the block whose confidence reaches it, at least one per row and step,
+    until the block is done (Fast-dLLM's parallel decoding; `steps` is then unused). `kv_cache` (`"prefix"` or
+    `"dual"`) caches the keys/values outside the active block, refreshed at block boundaries and every
+    `cache_refresh` steps (0: only there); see `dipod_trl.block_cache`. `eos_token_ids` stops once every row has an
+    EOS in a finished block and fills the rest with the first of them (LLaDA pads with EOS). `stats`, if given,
+    receives the number of forwards.
+
+    Invariants: prompt tokens never change; no mask token remains; a fixed `generator` seed gives the same output.
+    The lm-head runs on the active block only (`adapter.sparse_logits`) and noise is drawn for masked positions only.
     """
     if gen_length % block_length != 0:
         raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length}).")
@@ -66,9 +82,14 @@ def diffusion_generate(
         raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks}).")
     if remasking not in ("low_confidence", "random"):
         raise ValueError(f"Unknown remasking {remasking!r}; use 'low_confidence' or 'random'.")
+    if threshold is not None and (remasking != "low_confidence" or not 0.0 < threshold <= 1.0):
+        raise ValueError(f"threshold ({threshold}) must be in (0, 1] and needs remasking='low_confidence'.")
+    if kv_cache not in KV_CACHE_MODES:
+        raise ValueError(f"kv_cache must be one of {KV_CACHE_MODES}, got {kv_cache!r}.")
+    if kv_cache != "none" and cfg_scale > 0:
+        raise ValueError("kv_cache does not combine with classifier-free guidance (cfg_scale > 0); choose one.")
     steps_per_block = steps // num_blocks
     batch, prompt_len = prompt_ids.shape
-    device = prompt_ids.device
     mask_id = adapter.mask_token_id
     if prompt_mask is None:
         prompt_mask = torch.ones_like(prompt_ids)
@@ -77,39 +98,82 @@ def diffusion_generate(
     attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones((batch, gen_length))], dim=1)
     is_prompt = torch.zeros_like(x, dtype=torch.bool)
     is_prompt[:, :prompt_len] = prompt_mask.bool()
-
-    for block in range(num_blocks):
-        start = prompt_len + block * block_length
-        end = start + block_length
-        schedule = transfer_schedule((x[:, start:end] == mask_id).sum(dim=1), steps_per_block)
-        for step in range(steps_per_block):
-            logits = _guided_logits(model, adapter, x, attention_mask, is_prompt, cfg_scale)[:, start:end]
-            logits[..., mask_id] = -torch.inf  # never propose the mask token itself
-            masked = x[:, start:end] == mask_id
-            proposal = gumbel_argmax(logits, temperature, generator)
-            if remasking == "low_confidence":
-                probs = torch.softmax(logits.float(), dim=-1)
-                confidence = probs.gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
-            else:
-                confidence = torch.rand(masked.shape, generator=generator, device=device)
-            confidence = confidence.masked_fill(~masked, -1.0)
-            reveal = _select_top(confidence, schedule[:, step]) & masked
-            x[:, start:end] = torch.where(reveal, proposal, x[:, start:end])
+    cache = BlockCache(model, adapter, attention_mask, kv_cache, cache_refresh) if kv_cache != "none" else None
+    eos = torch.tensor(list(eos_token_ids or []), device=x.device, dtype=x.dtype)
+    forwards = 0
+    was_training = model.training
+    model.eval()  # no dropout, and a KV cache even under gradient checkpointing
+    try:
+        for block in range(num_blocks):
+            start, end = prompt_len + block * block_length, prompt_len + (block + 1) * block_length
+            schedule = transfer_schedule((x[:, start:end] == mask_id).sum(dim=1), steps_per_block)
+            step = 0
+            while threshold is not None or step < steps_per_block:
+                masked = x[:, start:end] == mask_id
+                if not masked.any():
+                    break
+                if cache is not None:
+                    logits = cache.block_logits(x, start, end, step)
+                else:
+                    logits = _block_logits(model, adapter, x, attention_mask, is_prompt, cfg_scale, start, end)
+                forwards += 1
+                proposal, confidence = _propose(logits, masked, mask_id, temperature, remasking, generator)
+                if threshold is None:
+                    reveal = _select_top(confidence, schedule[:, step])
+                else:  # everything confident enough, and at least the most confident masked token of each row
+                    reveal = (confidence >= threshold) | _select_top(confidence, torch.ones_like(schedule[:, 0]))
+                x[:, start:end] = torch.where(reveal & masked, proposal, x[:, start:end])
+                step += 1
+            if eos.numel() and bool(torch.isin(x[:, prompt_len:end], eos).any(dim=1).all()):
+                x[:, end:] = eos[0]
+                break
+    finally:
+        model.train(was_training)
+    if stats is not None:
+        stats["forwards"] = stats.get("forwards", 0) + forwards
     return x[:, prompt_len:]
 
 
-def _guided_logits(
+def _propose(
+    logits: torch.Tensor, masked: torch.Tensor, mask_id: int, temperature: float, remasking: str,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Proposed tokens and their confidence `(B, block)` at masked positions (-1 confidence elsewhere).
+
+    Only the masked positions are sampled (and draw noise); the mask token itself is never proposed.
+    """
+    chosen = logits[masked]
+    chosen[:, mask_id] = -torch.inf
+    tokens = gumbel_argmax(chosen, temperature, generator)
+    if remasking == "low_confidence":
+        probs = torch.softmax(chosen.float(), dim=-1)
+        score = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    else:
+        score = torch.rand(tokens.shape, generator=generator, device=logits.device)
+    proposal = torch.full(masked.shape, mask_id, dtype=tokens.dtype, device=logits.device)
+    confidence = torch.full(masked.shape, -1.0, device=logits.device)
+    return proposal.masked_scatter(masked, tokens), confidence.masked_scatter(masked, score.float())
+
+
+def _block_logits(
     model: nn.Module,
     adapter: DiffusionLM,
     x: torch.Tensor,
     attention_mask: torch.Tensor,
     is_prompt: torch.Tensor,
     cfg_scale: float,
+    start: int,
+    end: int,
 ) -> torch.Tensor:
-    """Logits at every position, with classifier-free guidance against a prompt-masked copy when `cfg_scale > 0`."""
+    """Logits `(B, block, V)` of the active block, with classifier-free guidance against a prompt-masked copy."""
+    batch = x.size(0)
+    if cfg_scale > 0:
+        x = torch.cat([x, x.masked_fill(is_prompt, adapter.mask_token_id)])
+        attention_mask = torch.cat([attention_mask, attention_mask])
+    keep = torch.zeros_like(x, dtype=torch.bool)
+    keep[:, start:end] = True
+    logits = adapter.scored_logits(model, x, attention_mask, keep).view(x.size(0), end - start, -1)
     if cfg_scale <= 0:
-        return adapter.logits(model, x, attention_mask)
-    unconditional = x.masked_fill(is_prompt, adapter.mask_token_id)
-    both = adapter.logits(model, torch.cat([x, unconditional]), torch.cat([attention_mask, attention_mask]))
-    cond, uncond = both.chunk(2)
+        return logits
+    cond, uncond = logits[:batch], logits[batch:]
     return uncond + (cfg_scale + 1.0) * (cond - uncond)

@@ -1,6 +1,6 @@
 """Tiny random diffusion LMs and a character tokenizer, built locally (no hub) for tests, smoke runs and the demo.
 
-`python -m dipod_trl.tiny OUT_DIR [--arch modernbert|gemma3]` writes a model + tokenizer directory that
+`python -m dipod_trl.tiny OUT_DIR [--arch modernbert|gemma3|llada|dream]` writes a model + tokenizer directory that
 `from_pretrained`, `DiPODTrainer(model="OUT_DIR", ...)` and the example scripts accept.
 """
 
@@ -12,6 +12,7 @@ import string
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+TINY_ARCHS = ("modernbert", "gemma3", "llada", "dream")
 SPECIAL_TOKENS = ["<pad>", "<mask>", "<eos>", "<bos>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{% endfor %}"
@@ -82,8 +83,23 @@ def build_tiny_model(tokenizer, arch: str = "modernbert", hidden_size: int = 64,
         )
         config.mask_token_id = tokenizer.mask_token_id
         model = Gemma3ForCausalLM(config)
+    elif arch == "llada":  # the native LLaDA class (Llama, bidirectional), LLaDA's config fields
+        from .families import LLaDAConfig, LLaDAForDiffusionLM
+
+        config = LLaDAConfig(d_model=hidden_size, n_layers=num_layers, n_heads=4, n_kv_heads=4,
+                             mlp_hidden_size=2 * hidden_size, embedding_size=vocab_size, max_sequence_length=1024,
+                             mask_token_id=tokenizer.mask_token_id, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                             attn_implementation="sdpa")
+        model = LLaDAForDiffusionLM(config)
+    elif arch == "dream":  # the native Dream class (Qwen2, bidirectional, shifted logits)
+        from .families import DreamConfig, DreamForDiffusionLM
+
+        config = DreamConfig(**common, num_key_value_heads=2, max_position_embeddings=1024,
+                             mask_token_id=tokenizer.mask_token_id, attn_implementation="sdpa")
+        model = DreamForDiffusionLM(config)
     else:
-        raise ValueError(f"Unknown tiny architecture {arch!r}; use 'modernbert' or 'gemma3'.")
+        raise ValueError(f"Unknown tiny architecture {arch!r}; use one of {TINY_ARCHS}.")
     return model
 
 
@@ -99,7 +115,7 @@ def save_tiny(output_dir: str, arch: str = "modernbert", hidden_size: int = 64, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir")
-    parser.add_argument("--arch", default="modernbert", choices=["modernbert", "gemma3"])
+    parser.add_argument("--arch", default="modernbert", choices=TINY_ARCHS)
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--num_layers", type=int, default=2)
     args = parser.parse_args(argv)

@@ -150,6 +150,10 @@ class DiPODTrainer(GRPOTrainer):
                 temperature=self.temperature,
                 remasking=args.remasking,
                 cfg_scale=args.cfg_scale,
+                threshold=args.decoding_threshold,
+                kv_cache=args.kv_cache,
+                cache_refresh=args.kv_cache_refresh,
+                eos_token_ids=self.eos_token_ids if args.stop_at_eos else None,
                 generator=None,  # the global RNG: seeded per rank by TRL and saved/restored with checkpoints
             )
         # Cut after the first end-of-sequence token, as TRL does: what follows is padding of the canvas.
@@ -239,11 +243,11 @@ class DiPODTrainer(GRPOTrainer):
         return loss
 
     def _sequence_elbo(self, model, inputs) -> torch.Tensor:
-        """Per-sequence ELBO of the batch's completions under `model`, with gradients."""
+        """Per-sequence ELBO of the batch's completions under `model`, with gradients (one_step's DiPOD term)."""
         input_ids, attention_mask, c = self._joined(inputs)
         with self.accelerator.autocast():
             per_token = elbo_per_token(
-                model, self.dllm, input_ids, attention_mask, c, inputs["mask_seeds"], self.args.elbo_samples,
+                model, self.dllm, input_ids, attention_mask, c, inputs["mask_seeds"], self.args.dipod_elbo_samples,
                 batch_size=self.args.elbo_batch_size,
             )
         return losses.sequence_elbo(per_token, inputs["completion_mask"], self.args.normalization)
