@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(PYTHON) -m dipod_trl.demo $(if $(QUICK),--quick,)
 
 bench: $(STAMP)
-	$(PYTHON) benchmarks/bench_estimators.py
+	$(PYTHON) benchmarks/bench_performance.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(STAMP) build dist *.egg-info .pytest_cache .ruff_cache demo_out

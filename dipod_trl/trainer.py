@@ -64,6 +64,13 @@ class DiPODTrainer(GRPOTrainer):
             if kwargs.get(unsupported) is not None:
                 raise ValueError(f"`{unsupported}` needs autoregressive multi-turn generation; DiPOD does not do it.")
         _check_prompts(train_dataset)
+        if (args.beta != 0.0 and not isinstance(model, str) and kwargs.get("peft_config") is None
+                and not getattr(getattr(model, "config", None), "_name_or_path", "")):
+            raise ValueError(
+                "beta > 0 needs a reference model, which TRL loads from `model.config._name_or_path`; this model "
+                "instance has none. Save it (`model.save_pretrained(path)`) and pass the path, use LoRA "
+                "(`peft_config`: the reference is the adapter-free model), or set beta=0."
+            )
         init_kwargs = args.model_init_kwargs
         if isinstance(model, str):
             load_kwargs = dict(init_kwargs or {})

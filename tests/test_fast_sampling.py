@@ -161,3 +161,14 @@ def test_trainer_trains_with_fast_decoding_and_cache(tmp_path, tokenizer, arch):
     trainer.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(v < 0 for v in logged(trainer, "dipod/elbo"))
+
+
+def test_kl_with_an_in_memory_model_asks_for_a_path(tmp_path, tokenizer):
+    from test_trainer import digit_reward, make_config, make_dataset
+
+    from dipod_trl import DiPODTrainer
+
+    model = build_tiny_model(tokenizer, "llada", hidden_size=32)
+    with pytest.raises(ValueError, match="save_pretrained"):
+        DiPODTrainer(model, [digit_reward], args=make_config(tmp_path, beta=0.04), train_dataset=make_dataset(),
+                     processing_class=tokenizer)

@@ -104,6 +104,7 @@ class OriginalFormatConfigMixin:
         for original, native in self.attribute_map.items():
             if original in kwargs:
                 setattr(self, native, kwargs.pop(original))
+        kwargs.setdefault("auto_map", None)  # read by TRL and transformers; absent on a model built from scratch
         super().__post_init__(**kwargs)
 
     def to_dict(self) -> dict:
@@ -119,6 +120,8 @@ class OriginalFormatConfigMixin:
         for key in self.native_only_fields:
             out.pop(key, None)
         out["architectures"] = [self.original_architecture]
+        if out.get("auto_map") is None:
+            out.pop("auto_map", None)
         return out
 
 
