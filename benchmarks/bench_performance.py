@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from transformers import PrinterCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_impl import release_generate, release_sequence_elbo  # noqa: E402
@@ -373,6 +374,7 @@ def train_steps(estimator: str, dipod_beta: float, args, breakdown: bool = False
                              use_cpu=DEVICE.type == "cpu", bf16=False, report_to="none", save_strategy="no",
                              disable_tqdm=True, logging_steps=1, gradient_checkpointing=False, stop_at_eos=False)
         trainer = DiPODTrainer(f"{out}/model", [reward], args=config, train_dataset=data, processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)
         watch = Stopwatch()
         times: list[float] = []
         if breakdown:
@@ -408,6 +410,7 @@ def bench_steps(args) -> list[dict]:
         off, _ = train_steps(estimator, 0.0, args)
         on, _ = train_steps(estimator, 0.05, args)
         rows.append([estimator, off, on, 100 * (on / off - 1)])
+    tables.append(dipod_term_variance(args))
     tables.append(show(f"(d) DiPOD term overhead per estimator (median s/step after warm-up, {args.steps} steps, "
                        "8 completions x 64 tokens)", ["estimator", "dipod_beta 0", "dipod_beta 0.05", "overhead %"],
                        rows))
@@ -417,6 +420,30 @@ def bench_steps(args) -> list[dict]:
 CALLABLES = {"a": generation_callables, "c": elbo_callables}
 
 
+def dipod_term_variance(args) -> dict:
+    """The one_step DiPOD term's cost and noise against `dipod_elbo_samples`: spread of the sequence-ELBO estimate
+    over mask draws (the term is `-dipod_beta` times its batch mean) and the time of its forward + backward."""
+    vocab = args.step_vocab
+    model = llada_like(vocab, 128, 2, mask_id=vocab - 1).train()
+    adapter = diffusion_adapter(model, None)
+    ids = torch.randint(0, vocab - 1, (8, 32 + 64), device=DEVICE, generator=torch.Generator(device=DEVICE).manual_seed(0))
+    attention = torch.ones_like(ids)
+    rows = []
+    for samples in (1, 2, 4):
+        with torch.no_grad():
+            draws = torch.stack([elbo_per_token(model, adapter, ids, attention, 64, torch.arange(8, device=DEVICE)
+                                                + 1000 * r, samples).sum(-1) for r in range(32)])
+        batch_mean = draws.mean(1)  # what the term averages over one batch of 8 sequences
+
+        def term(samples=samples):
+            elbo_per_token(model, adapter, ids, attention, 64, torch.arange(8, device=DEVICE), samples).sum().backward()
+            model.zero_grad(set_to_none=True)
+        rows.append([samples, draws.std(0).mean().item(), batch_mean.std().item(), interleaved({"t": term}, 2)["t"]])
+    return show("(d) one_step's DiPOD term against dipod_elbo_samples (8 sequences x 64 tokens, 32 mask draws)",
+                ["dipod_elbo_samples", "std of a sequence's ELBO", "std of the batch mean", "forward + backward s"],
+                rows)
+
+
 # ------------------------------------------------------------------------------------------------------------ main
 def plot(results: dict, output_dir: Path) -> None:
     import matplotlib
@@ -424,7 +451,7 @@ def plot(results: dict, output_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     scaling = [r for r in results["e"]["rows"] if r[0] == 2]
     axes[0].plot([r[1] for r in scaling], [r[2] for r in scaling], "o-", label="release generate")
     axes[0].plot([r[1] for r in scaling], [r[3] for r in scaling], "o-", label="dipod_trl (exact)")
@@ -432,10 +459,12 @@ def plot(results: dict, output_dir: Path) -> None:
                 title="(e) exact generation time")
     axes[0].legend()
     fast = results["b"]["rows"]
-    axes[1].scatter([r[3] for r in fast], [r[4] for r in fast])
-    for r in fast:
-        axes[1].annotate(r[0], (r[3], r[4]), fontsize=7)
-    axes[1].set(xlabel="speed-up vs release", ylabel="reward", xscale="log", title="(b) fast decoding, trained model")
+    axes[1].barh([r[0] for r in fast], [r[3] for r in fast])
+    for i, r in enumerate(fast):
+        axes[1].annotate(f"reward {r[4]:.2f}, {r[1]} fwd", (r[3], i), xytext=(3, 0), textcoords="offset points",
+                         va="center", fontsize=7)
+    axes[1].invert_yaxis()
+    axes[1].set(xlabel="speed-up vs release generate", xscale="log", title="(b) fast decoding, trained model")
     fig.tight_layout()
     fig.savefig(output_dir / "performance.png", dpi=120)
 
@@ -466,7 +495,10 @@ def main(argv: list[str] | None = None) -> dict:
         if key in args.only:
             results[key] = fn(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    path = args.output_dir / "results.json"
+    if args.only != "abcde" and path.exists():  # a partial run updates its tables only
+        results = {**json.loads(path.read_text()), **results}
+    path.write_text(json.dumps(results, indent=2))
     if "b" in results and "e" in results:
         plot(results, args.output_dir)
     return results

@@ -172,3 +172,17 @@ def test_kl_with_an_in_memory_model_asks_for_a_path(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="save_pretrained"):
         DiPODTrainer(model, [digit_reward], args=make_config(tmp_path, beta=0.04), train_dataset=make_dataset(),
                      processing_class=tokenizer)
+
+
+def test_a_native_model_built_from_scratch_saves_loads_and_trains_with_kl(tmp_path, tokenizer):
+    """No Hub code behind it: the saved config has no auto_map, and TRL builds the KL reference natively."""
+    from test_trainer import digit_reward, make_config, make_dataset
+
+    from dipod_trl import DiPODTrainer
+
+    build_tiny_model(tokenizer, "llada", hidden_size=32).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    trainer = DiPODTrainer(str(tmp_path / "m"), [digit_reward], args=make_config(tmp_path, beta=0.04, max_steps=1),
+                           train_dataset=make_dataset())
+    assert type(trainer.ref_model) is type(trainer.model)
+    trainer.train()

@@ -104,7 +104,7 @@ class OriginalFormatConfigMixin:
         for original, native in self.attribute_map.items():
             if original in kwargs:
                 setattr(self, native, kwargs.pop(original))
-        kwargs.setdefault("auto_map", None)  # read by TRL and transformers; absent on a model built from scratch
+        kwargs.setdefault("auto_map", {})  # TRL and transformers read it; a model built from scratch has no Hub code
         super().__post_init__(**kwargs)
 
     def to_dict(self) -> dict:
@@ -120,7 +120,7 @@ class OriginalFormatConfigMixin:
         for key in self.native_only_fields:
             out.pop(key, None)
         out["architectures"] = [self.original_architecture]
-        if out.get("auto_map") is None:
+        if not out.get("auto_map"):
             out.pop("auto_map", None)
         return out
 
