@@ -97,6 +97,8 @@ class OriginalFormatConfigMixin:
     copied_original_fields: dict[str, str] = {}
     #: native-only fields that the original `config.json` does not have
     native_only_fields: tuple[str, ...] = ("is_causal",)
+    #: the family's mask token, for configs that omit `mask_token_id`
+    default_mask_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
         # The dataclass __init__ leaves the Hub's field names in kwargs: move them onto the native fields before the
@@ -105,6 +107,8 @@ class OriginalFormatConfigMixin:
             if original in kwargs:
                 setattr(self, native, kwargs.pop(original))
         kwargs.setdefault("auto_map", {})  # TRL and transformers read it; a model built from scratch has no Hub code
+        kwargs.setdefault("mask_token_id", self.default_mask_token_id)
+        self.is_causal = False  # masked diffusion: full attention
         super().__post_init__(**kwargs)
 
     def to_dict(self) -> dict:
@@ -128,9 +132,10 @@ class OriginalFormatConfigMixin:
 class BidirectionalMixin:
     """Model mixin: full attention everywhere, and `save_pretrained` that keeps the Hub's modelling-code pointers."""
 
-    def _make_bidirectional(self) -> None:
+    def __init__(self, config):
+        super().__init__(config)
         self.config.is_causal = False
-        for module in self.modules():
+        for module in self.modules():  # attention modules hard-code is_causal=True, read by SDPA/flash attention
             if hasattr(module, "is_causal"):
                 module.is_causal = False
 

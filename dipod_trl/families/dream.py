@@ -11,8 +11,6 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from .base import BidirectionalMixin, ModelFamily, OriginalFormatConfigMixin
 
-DREAM_MASK_TOKEN_ID = 151666
-
 
 class DreamConfig(OriginalFormatConfigMixin, Qwen2Config):
     """`Qwen2Config` under Dream's model_type (`"Dream"`), written back in Dream's format."""
@@ -20,21 +18,13 @@ class DreamConfig(OriginalFormatConfigMixin, Qwen2Config):
     model_type = "Dream"
     original_architecture = "DreamModel"
     native_only_fields = ("is_causal", "layer_types")
-
-    def __post_init__(self, **kwargs):
-        self.is_causal = False
-        kwargs.setdefault("mask_token_id", DREAM_MASK_TOKEN_ID)  # <|mask|> of the Qwen2.5-based Dream vocabulary
-        super().__post_init__(**kwargs)
+    default_mask_token_id = 151666  # <|mask|> of the Qwen2.5-based Dream vocabulary
 
 
 class DreamForDiffusionLM(BidirectionalMixin, Qwen2ForCausalLM):
     """Dream as `Qwen2ForCausalLM` with full attention."""
 
     config_class = DreamConfig
-
-    def __init__(self, config: DreamConfig):
-        super().__init__(config)
-        self._make_bidirectional()
 
 
 DREAM = ModelFamily(

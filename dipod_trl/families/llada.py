@@ -11,8 +11,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from .base import BidirectionalMixin, ModelFamily, OriginalFormatConfigMixin
 
-LLADA_MASK_TOKEN_ID = 126336
-
 # Options of LLaDA's code that the Llama computation does not reproduce: (field, value the native path needs).
 _REQUIRED = {
     "block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "alibi": False, "rope": True,
@@ -33,13 +31,12 @@ class LLaDAConfig(OriginalFormatConfigMixin, LlamaConfig):
         "max_sequence_length": "max_position_embeddings", "weight_tying": "tie_word_embeddings",
         "embedding_size": "vocab_size",
     }
+    default_mask_token_id = 126336  # every released LLaDA uses it; configs may omit it
     copied_original_fields = {"vocab_size": "embedding_size"}
     native_only_fields = ("is_causal", "head_dim", "pretraining_tp", "rope_parameters")
 
     def __post_init__(self, **kwargs):
-        self.is_causal = False
         self.use_cache = kwargs.pop("use_cache", False)
-        kwargs.setdefault("mask_token_id", LLADA_MASK_TOKEN_ID)  # every released LLaDA uses it; configs may omit it
         for name, needed in _REQUIRED.items():
             value = kwargs.get(name, needed)
             if value != needed:
@@ -55,10 +52,6 @@ class LLaDAForDiffusionLM(BidirectionalMixin, LlamaForCausalLM):
     """LLaDA as `LlamaForCausalLM` with full attention; `save_pretrained` writes LLaDA's names and config."""
 
     config_class = LLaDAConfig
-
-    def __init__(self, config: LLaDAConfig):
-        super().__init__(config)
-        self._make_bidirectional()
 
 
 LLADA = ModelFamily(
