@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .estimators import MASKINGS
+from .likelihood import AFTER_EOS
+
 LIKELIHOOD_ESTIMATORS = ("elbo", "one_step", "spg")
 REMASKING = ("low_confidence", "random")
 NORMALIZATIONS = ("sequence", "token")
+MASK_REDRAW = ("fixed", "per_iteration")
+SEQUENCE_AGGREGATIONS = ("mean", "length")
 
 
 @dataclass
@@ -38,8 +45,32 @@ class DiPODConfig(GRPOConfig):
             `one_step` only: Monte-Carlo samples of the DiPOD term's ELBO, its only extra forward (the other
             estimators reuse the policy loss's ELBO and `elbo_samples`). More samples lower its variance at a
             proportional cost; `make bench` reports both.
+        elbo_masking (`str`, *optional*, defaults to `"uniform"`):
+            How the ELBO's `elbo_samples` masked copies are drawn (`dipod_trl.estimators`): `"uniform"` (plain Monte
+            Carlo, `k ~ U{1..L}`), the variance-reduced `"stratified"` (one noise level per stratum, unbiased),
+            `"antithetic"` (complementary mask pairs, unbiased) and `"quadrature"` (Gauss-Legendre noise levels,
+            GDPO's semi-deterministic MC; exact in the noise level for `2 * elbo_samples >= L`, else slightly
+            biased), or SPG's `"block_random"` (a random completion block partly masked, later blocks masked,
+            earlier blocks and the prompt masked at rate `p_mask_prompt`). Old, reference and current estimates
+            always share the masks.
+        mask_redraw (`str`, *optional*, defaults to `"fixed"`):
+            `"fixed"`: one set of masks per rollout for all `num_iterations`. `"per_iteration"` (SPG's and d1's
+            release): fresh masks (and one_step prompt masks) at every inner iteration; the old and reference
+            estimates are then computed at generation for every iteration's masks, so each iteration's ratio is
+            exactly 1 at the old parameters.
+        sequence_aggregation (`str`, *optional*, defaults to `"mean"`):
+            How per-sequence ELBO losses (FPO, SPG, the DiPOD term) are averaged: `"mean"` over sequences, or
+            `"length"`-weighted, `sum_b L_b * loss_b / sum_b L_b` (SPG's release).
+        score_eos (`bool`, *optional*, defaults to `True`):
+            Whether the completion's first EOS token is scored by the likelihood estimates (the FPO and d1 releases
+            do not score it; SPG does).
+        after_eos (`str`, *optional*, defaults to `"hidden"`):
+            What the likelihood's forward sees after the first EOS (and at an unscored EOS): `"hidden"` (attention-
+            masked padding; models that ignore attention masks, like LLaDA, see pad tokens), `"visible"` (EOS
+            tokens, attended: the FPO release) or `"masked"` (mask tokens: SPG's release).
         p_mask_prompt (`float`, *optional*, defaults to `0.15`):
-            `one_step` only: probability of masking each prompt token.
+            `one_step`: probability of masking each prompt token. `elbo_masking="block_random"`: the rate at which
+            the prompt and the earlier, clean completion blocks are masked.
         spg_omega (`float`, *optional*, defaults to `0.5`):
             `spg` only: weight of the upper bound in the negative-advantage mix `omega * EUBO + (1 - omega) * ELBO`.
         spg_eubo_beta (`float`, *optional*, defaults to `1.0`):
@@ -101,6 +132,20 @@ class DiPODConfig(GRPOConfig):
             (exact logits, no remote code). `False` runs their Hub modelling code instead, which needs
             `trust_remote_code=True`, a pinned `model_init_kwargs={"revision": ...}` and a transformers version that
             code supports.
+
+        > Safety
+
+        max_consecutive_nonfinite (`int`, *optional*, defaults to `10`):
+            An update whose gradient norm is NaN or inf is skipped (weights and optimizer state untouched), counted in
+            the `guard/skipped_updates` metric, and explained in a warning. After this many skips in a row training
+            stops with an error.
+        resume_incomplete_checkpoint (`bool`, *optional*, defaults to `False`):
+            Resume from a checkpoint that lacks its optimizer, scheduler or RNG state. Off by default because such a
+            run silently differs from an uninterrupted one. (`resume_from_checkpoint` also takes `latest`: the newest
+            complete `checkpoint-N` in `output_dir`, or a fresh start when there is none.)
+        logging_nan_inf_filter (`bool`, *optional*, defaults to `False`):
+            Transformers' filter that logs a non-finite loss as the running average; off here, so a NaN loss is
+            logged as NaN.
     """
 
     likelihood_estimator: str = field(
@@ -115,7 +160,30 @@ class DiPODConfig(GRPOConfig):
     dipod_elbo_samples: int = field(
         default=1, metadata={"help": "one_step: Monte-Carlo samples of the DiPOD term's ELBO."}
     )
-    p_mask_prompt: float = field(default=0.15, metadata={"help": "one_step: probability of masking a prompt token."})
+    elbo_masking: str = field(
+        default="uniform",
+        metadata={"help": "ELBO masks: 'uniform', 'stratified', 'antithetic', 'quadrature' or 'block_random' (SPG).",
+                  "choices": list(MASKINGS)},
+    )
+    mask_redraw: str = field(
+        default="fixed",
+        metadata={"help": "Masks fixed for all inner iterations, or redrawn 'per_iteration'.",
+                  "choices": list(MASK_REDRAW)},
+    )
+    sequence_aggregation: str = field(
+        default="mean",
+        metadata={"help": "Average sequence losses: 'mean' or 'length'-weighted (SPG).",
+                  "choices": list(SEQUENCE_AGGREGATIONS)},
+    )
+    score_eos: bool = field(default=True, metadata={"help": "Score the completion's first EOS token."})
+    after_eos: str = field(
+        default="hidden",
+        metadata={"help": "After the first EOS the likelihood sees: 'hidden', 'visible' (EOS) or 'masked'.",
+                  "choices": list(AFTER_EOS)},
+    )
+    p_mask_prompt: float = field(
+        default=0.15, metadata={"help": "one_step / block_random: probability of masking a prompt token."}
+    )
     spg_omega: float = field(default=0.5, metadata={"help": "spg: weight of the EUBO in the negative-advantage mix."})
     spg_eubo_beta: float = field(default=1.0, metadata={"help": "spg: Renyi order of the upper bound (> 0)."})
     normalization: str = field(
@@ -162,10 +230,21 @@ class DiPODConfig(GRPOConfig):
         metadata={"help": "Load LLaDA/Dream natively (no remote code). False runs their Hub code (trust_remote_code)."},
     )
 
+    max_consecutive_nonfinite: int = field(
+        default=10, metadata={"help": "Stop after this many consecutive updates skipped for a NaN/inf gradient."}
+    )
+    resume_incomplete_checkpoint: bool = field(
+        default=False, metadata={"help": "Accept a checkpoint without optimizer/scheduler/RNG state when resuming."}
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False, metadata={"help": "Log a NaN/inf loss as the running average (False: log it as it is)."}
+    )
+
     def __post_init__(self):
         if self.ddp_backend is None and _launched_on_cpu(self.use_cpu):
             # DeepSpeed/Accelerate on CPU otherwise count one process and fail the batch-size checks.
             self.ddp_backend = "gloo"
+        _check_numbers(self)
         super().__post_init__()
         if self.likelihood_estimator not in LIKELIHOOD_ESTIMATORS:
             raise ValueError(
@@ -175,6 +254,10 @@ class DiPODConfig(GRPOConfig):
             raise ValueError(f"remasking must be one of {REMASKING}, got {self.remasking!r}.")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}.")
+        for name, allowed in (("elbo_masking", MASKINGS), ("mask_redraw", MASK_REDRAW),
+                              ("sequence_aggregation", SEQUENCE_AGGREGATIONS), ("after_eos", AFTER_EOS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.elbo_samples < 1:
             raise ValueError(f"elbo_samples must be >= 1, got {self.elbo_samples}.")
         if self.dipod_elbo_samples < 1:
@@ -217,6 +300,26 @@ class DiPODConfig(GRPOConfig):
             )
         if self.top_entropy_quantile < 1.0:
             raise ValueError("top_entropy_quantile < 1 is not supported for diffusion LMs; leave it at 1.0.")
+
+
+# Knobs that must be >= 0 (all float knobs must also be finite); temperature 0 is greedy decoding.
+NON_NEGATIVE = ("learning_rate", "weight_decay", "max_grad_norm", "adam_epsilon", "warmup_steps", "temperature",
+                "beta", "epsilon", "epsilon_high", "delta", "dipod_beta", "cfg_scale", "p_mask_prompt", "spg_omega")
+
+
+def _check_numbers(config) -> None:
+    """Refuse NaN/inf float knobs and negative values of knobs that must be non-negative, naming the knob."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value) and f.name != "num_train_epochs":
+            raise ValueError(f"{f.name} must be a finite number, got {value}.")
+    for name in NON_NEGATIVE:
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}." + (
+                " Use temperature=0 for greedy decoding." if name == "temperature" else ""))
+    if config.max_consecutive_nonfinite < 1:
+        raise ValueError(f"max_consecutive_nonfinite must be >= 1, got {config.max_consecutive_nonfinite}.")
 
 
 def _launched_on_cpu(use_cpu: bool) -> bool:

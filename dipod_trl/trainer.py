@@ -25,12 +25,22 @@ from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
 from . import losses
+from .checkpoints import check_checkpoint, resolve_resume
 from .config import DiPODConfig
 from .families import family_of_model
 from .families.adapters import adapter_to_original_format, read_adapter_weights
+from .guard import NonFiniteGuard
 from .likelihood import elbo_draws, elbo_per_token, one_step_logps, sample_seeds
 from .models import diffusion_adapter, load_diffusion_model
 from .sampler import diffusion_generate
+from .validation import (
+    BlankPromptFilter,
+    check_dataset,
+    check_length,
+    check_special_tokens,
+    checked_reward,
+    max_positions,
+)
 
 
 class DiPODTrainer(GRPOTrainer):
@@ -63,7 +73,10 @@ class DiPODTrainer(GRPOTrainer):
         for unsupported in ("tools", "rollout_func", "environment_factory"):
             if kwargs.get(unsupported) is not None:
                 raise ValueError(f"`{unsupported}` needs autoregressive multi-turn generation; DiPOD does not do it.")
-        _check_prompts(train_dataset)
+        check_dataset(train_dataset)
+        self.blank_prompts = BlankPromptFilter()
+        if train_dataset is not None and not hasattr(train_dataset, "__len__") and hasattr(train_dataset, "filter"):
+            train_dataset = train_dataset.filter(self.blank_prompts)  # streaming: skip (and count) blank prompts
         if (args.beta != 0.0 and not isinstance(model, str) and kwargs.get("peft_config") is None
                 and not getattr(getattr(model, "config", None), "_name_or_path", "")):
             raise ValueError(
@@ -106,6 +119,15 @@ class DiPODTrainer(GRPOTrainer):
         )
         self._active_seeds: torch.Tensor | None = None
         self.num_skipped_rewards = 0  # completions no reward function could score (None/NaN): advantage set to 0
+        self.guard = NonFiniteGuard(args.max_consecutive_nonfinite)
+        check_special_tokens(self.dllm.mask_token_id, self._tokenizer.pad_token_id, self.eos_token_ids)
+        self.max_positions = max_positions(self.model)
+        check_length(self._longest_prompt(self.train_dataset), args.max_completion_length, self.max_positions,
+                     "The training dataset")
+        self.reward_funcs = [
+            f if isinstance(f, torch.nn.Module) else checked_reward(f, name)
+            for f, name in zip(self.reward_funcs, self.reward_func_names)
+        ]
 
     # ----------------------------------------------------------------------------------------------------------------
     # Checkpoints of native families: saved in the original Hub format, read back into native names
@@ -132,6 +154,54 @@ class DiPODTrainer(GRPOTrainer):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     # ----------------------------------------------------------------------------------------------------------------
+    # Safety: resume only from complete, readable checkpoints; skip non-finite updates; log NaN losses as NaN
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`, with `resume_from_checkpoint="latest"` and checkpoints checked before anything loads."""
+        checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir, self.args.world_size)
+        if checkpoint is not None:
+            check_checkpoint(checkpoint, self.args.world_size, self.args.resume_incomplete_checkpoint)
+        result = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        if self.state.global_step == 0 and self.state.max_steps != 0:
+            raise ValueError("Training ran 0 steps: the training dataset yielded no usable rows (empty, or every "
+                             f"prompt blank: {self.blank_prompts.skipped} skipped). Check the data source.")
+        return result
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.guard.observe_loss(loss)
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """Called once per update, before `optimizer.step()`: drop the gradients of a non-finite update so the
+        optimizer skips every parameter. (DeepSpeed steps inside `backward` and skips overflowing updates itself.)"""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        if self.guard.should_skip(grad_norm, self.state.global_step, self._get_learning_rate()):
+            if not self.is_deepspeed_enabled:
+                self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+        super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+        if self.state.global_step == self._globalstep_last_logged and not torch.isfinite(tr_loss).all():
+            tr_loss.zero_()  # logged as NaN/inf; `tr_loss -= tr_loss` cannot clear it
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:
+            logs["guard/skipped_updates"] = float(self.guard.skipped)
+            if self.blank_prompts.skipped:
+                logs["data/skipped_blank_prompts"] = float(self.blank_prompts.skipped)
+        super().log(logs, start_time)
+
+    def _longest_prompt(self, dataset, limit: int = 50_000) -> int:
+        """Tokens in the longest of the first `limit` prompts of a map-style dataset (0 when unknown or unneeded)."""
+        if self.max_positions is None or dataset is None or not hasattr(dataset, "__len__") or len(dataset) == 0:
+            return 0
+        prompts = dataset.select(range(min(len(dataset), limit)))["prompt"] if hasattr(dataset, "select") else None
+        if prompts is None:
+            return 0
+        return max(len(ids) for i in range(0, len(prompts), 256) for ids in self._tokenize_prompts(prompts[i:i + 256])[0])
+
+    # ----------------------------------------------------------------------------------------------------------------
     # 1. Generation
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if images is not None:
@@ -139,6 +209,8 @@ class DiPODTrainer(GRPOTrainer):
         device = self.accelerator.device
         if any(len(ids) == 0 for ids in prompt_ids):
             raise ValueError("An empty prompt reached the sampler: every example needs a non-empty 'prompt'.")
+        check_length(max(len(ids) for ids in prompt_ids), self.args.max_completion_length, self.max_positions,
+                     "A training batch")
         tensors = [torch.tensor(ids) for ids in prompt_ids]
         ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
         mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
@@ -307,18 +379,3 @@ class DiPODTrainer(GRPOTrainer):
         value = value.detach().float().reshape(1).to(self.accelerator.device)
         self._metrics[mode][name].append(gather(value).mean().item())
 
-
-def _check_prompts(dataset) -> None:
-    """Fail early, naming the row, on a missing `prompt` column or an empty prompt (map-style datasets only)."""
-    if dataset is None or not hasattr(dataset, "column_names") or not hasattr(dataset, "__len__"):
-        return
-    if isinstance(dataset, dict):
-        for split in dataset.values():
-            _check_prompts(split)
-        return
-    if "prompt" not in dataset.column_names:
-        raise ValueError(f"The training dataset needs a 'prompt' column; it has {dataset.column_names}.")
-    for i, prompt in enumerate(dataset["prompt"]):
-        text = prompt if isinstance(prompt, str) else " ".join(str(m.get("content") or "") for m in prompt or [])
-        if not text.strip():
-            raise ValueError(f"Row {i} of the training dataset has an empty prompt; drop or fix it before training.")
