@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import zipfile
+from collections.abc import Sequence
 
 from safetensors import safe_open
 
@@ -84,9 +85,12 @@ def damaged_files(path: str) -> list[str]:
     return damaged
 
 
-def check_checkpoint(path: str, world_size: int = 1, allow_incomplete: bool = False) -> None:
-    """Raise `CheckpointError` naming every damaged file and, unless `allow_incomplete`, every missing piece."""
+def check_checkpoint(path: str, world_size: int = 1, allow_incomplete: bool = False,
+                     also_required: Sequence[str] = ()) -> None:
+    """Raise `CheckpointError` naming every damaged file and, unless `allow_incomplete`, every missing piece (the
+    standard ones, plus `also_required` files)."""
     missing = missing_pieces(path, world_size)
+    missing += [name for name in also_required if not os.path.isfile(os.path.join(path, name))]
     damaged = damaged_files(path)
     if damaged:
         raise CheckpointError(f"Cannot resume from {path}: " + "; ".join(damaged) + ". Resume from an earlier "

@@ -47,7 +47,8 @@ from transformers import Trainer, TrainerCallback
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
-from .likelihood import STREAM_DIAGNOSTICS, elbo_per_token, hashed_uniform, masked_token_logps, sample_seeds
+from .estimators import STREAM_DIAGNOSTICS, hashed_uniform, sample_seeds
+from .likelihood import elbo_per_token, masked_token_logps
 from .models import DiffusionLM
 from .sampler import diffusion_generate
 

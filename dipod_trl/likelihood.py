@@ -5,11 +5,9 @@
 is the masked-diffusion evidence lower bound of a completion of `L` tokens given its prompt (equivalently, the
 average over random unmasking orders of the any-order autoregressive log-likelihood). Returned per token, so that
 summing over the completion gives the per-sequence estimate and TRL's per-token plumbing (old / reference log-probs)
-carries it unchanged.
-
-Coupled randomness: every random draw is a counter-based hash of `(seed of the sample, stream, index)`, so the old,
-reference and current estimates of one rollout see identical masks wherever and in whatever batch the sample is
-evaluated (shuffled, split for gradient accumulation, reused for several iterations, on another rank).
+carries it unchanged. The masks (plain Monte Carlo, the variance-reduced schemes, SPG's block masks) and the
+coupled randomness behind them live in `dipod_trl.estimators`; `eos_convention` decides what the model sees and
+what is scored around the end-of-sequence token.
 """
 
 from __future__ import annotations
@@ -18,62 +16,73 @@ import torch
 from torch import nn
 from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
+from .estimators import (  # noqa: F401  (hashed_uniform, sample_seeds, STREAM_*: also importable from here)
+    STREAM_DIAGNOSTICS,
+    STREAM_ELBO,
+    STREAM_ONE_STEP,
+    draw_masks,
+    hashed_uniform,
+    sample_seeds,
+)
 from .models import DiffusionLM
 
-_M32 = 0xFFFFFFFF
-STREAM_ELBO = 1  # masks of the ELBO estimate (policy ratio, KL, DiPOD term)
-STREAM_ONE_STEP = 2  # prompt masks of the one-step estimator
-STREAM_DIAGNOSTICS = 3  # reserved for drift diagnostics
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer finaliser (xorshift-multiply), on int64 tensors holding values in [0, 2^32)."""
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
-    return (x >> 16) ^ x
-
-
-def hashed_uniform(seeds: torch.Tensor, stream: int, sample: int, size: int) -> torch.Tensor:
-    """Uniforms in (0, 1), shape `(B, size)`: a pure function of `(seeds[b], stream, sample, column)`."""
-    key = _mix32(seeds.long() & _M32)
-    key = _mix32(key ^ ((stream * 0x9E3779B1 + sample * 0x85EBCA77) & _M32))
-    cols = torch.arange(size, device=seeds.device, dtype=torch.long)
-    h = _mix32(key.unsqueeze(1) ^ _mix32((cols * 0xC2B2AE3D + 0x27D4EB2F) & _M32).unsqueeze(0))
-    return (h.double() + 0.5) / 2.0**32
-
-
-def sample_seeds(base_seed: int, step: int, rank: int, count: int, device=None) -> torch.Tensor:
-    """Per-sample mask seeds for one generation round: deterministic in (base_seed, step, rank), distinct rows."""
-    head = torch.tensor([(base_seed * 1000003 + step * 8191 + rank) & _M32], dtype=torch.long, device=device)
-    return (hashed_uniform(head, stream=0, sample=0, size=count)[0] * 2.0**31).long()
-
-
-def _rank_select(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of the `counts[b]` smallest `scores` in each row (exact count, no per-row loop)."""
-    order = scores.argsort(dim=-1, stable=True)
-    cols = torch.arange(scores.size(-1), device=scores.device).expand_as(order).contiguous()
-    ranks = torch.empty_like(order).scatter_(-1, order, cols)
-    return ranks < counts.unsqueeze(-1)
+AFTER_EOS = ("hidden", "visible", "masked")
 
 
 def elbo_masks(
-    seeds: torch.Tensor, completion_mask: torch.Tensor, num_samples: int, stream: int = STREAM_ELBO
+    seeds: torch.Tensor, completion_mask: torch.Tensor, num_samples: int, stream: int = STREAM_ELBO,
+    masking: str = "uniform",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masks `(S, B, C)` and weights `L / k` `(S, B)` for the ELBO's Monte-Carlo samples.
+    """Masks `(S, B, C)` and weights `(S, B)` of the ELBO's Monte-Carlo samples (`masking`: a completion-only scheme).
 
-    For each sample: `k ~ U{1..L}` with `L` the number of valid completion tokens, then a uniformly random subset of
-    `k` valid positions. Rows with `L = 0` get an empty mask and weight 0.
+    Plain Monte Carlo (`"uniform"`): for each sample `k ~ U{1..L}` with `L` the number of valid completion tokens,
+    then a uniformly random subset of `k` valid positions, weight `L / k`. Rows with `L = 0` get an empty mask and
+    weight 0.
     """
-    valid = completion_mask.bool()
-    length = valid.sum(dim=1)
-    masks, weights = [], []
-    for s in range(num_samples):
-        u_k = hashed_uniform(seeds, stream, 2 * s, 1)[:, 0]
-        k = (1 + (u_k * length.double()).floor().long()).clamp(max=length.clamp(min=1))
-        u_pos = hashed_uniform(seeds, stream, 2 * s + 1, valid.size(1)).masked_fill(~valid, 2.0)
-        masks.append(_rank_select(u_pos, k) & valid)
-        weights.append(torch.where(length > 0, length.double() / k.double(), 0.0))
-    return torch.stack(masks), torch.stack(weights).float()
+    draw = draw_masks(masking, seeds, completion_mask, num_samples, stream)
+    return draw.masks, draw.weights
+
+
+def eos_convention(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_length: int,
+    eos_token_ids: list[int],
+    mask_token_id: int,
+    score_eos: bool = True,
+    after_eos: str = "hidden",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the likelihood sees and scores around the first EOS: `(input_ids, attention_mask, scored (B, C))`.
+
+    `completion_mask` (the last `C` columns of `attention_mask`) covers the completion up to and including its first
+    EOS. `score_eos=False` leaves that EOS unscored; unscored completion positions (the EOS then, and the padding
+    after it) are then, per `after_eos`: `"hidden"` attention-masked (pad tokens, seen as such by models that ignore
+    the attention mask, like LLaDA's own code); `"visible"` EOS tokens, attended, as the canvas the sampler produced
+    (the FPO release); `"masked"` mask tokens, attended (SPG's release). Defaults change nothing. Idempotent.
+    """
+    if after_eos not in AFTER_EOS:
+        raise ValueError(f"after_eos must be one of {AFTER_EOS}, got {after_eos!r}.")
+    c = completion_length
+    completion_ids = input_ids[:, -c:]
+    valid = attention_mask[:, -c:].bool()
+    is_eos = torch.isin(completion_ids, torch.tensor(list(eos_token_ids), device=input_ids.device))
+    scored = valid if score_eos else valid & ~is_eos
+    if score_eos and after_eos == "hidden":
+        return input_ids, attention_mask, scored
+    unscored = ~scored
+    ids, attn = input_ids.clone(), attention_mask.clone()
+    if after_eos == "hidden":
+        attn[:, -c:] = scored.to(attn.dtype)
+        return ids, attn, scored
+    if after_eos == "visible":
+        has_eos = is_eos.any(1)
+        first = is_eos.int().argmax(1)
+        row_eos = torch.where(has_eos, completion_ids.gather(1, first.unsqueeze(1))[:, 0], int(eos_token_ids[0]))
+        ids[:, -c:] = torch.where(unscored, row_eos.unsqueeze(1), completion_ids)
+    else:
+        ids[:, -c:] = completion_ids.masked_fill(unscored, mask_token_id)
+    attn[:, -c:] = 1
+    return ids, attn, scored
 
 
 def masked_token_logps(
@@ -99,6 +108,8 @@ def masked_token_logps(
     for start in range(0, num_rows, batch_size):
         sl = slice(start, start + batch_size)
         where = score[sl]
+        if not where.any():  # e.g. quadrature's low noise level can leave a whole chunk unmasked: no forward
+            continue
         keep = torch.zeros_like(noisy_ids[sl], dtype=torch.bool)
         keep[:, -c:] = where
         chosen = adapter.scored_logits(model, noisy_ids[sl], attention_mask[sl], keep)
@@ -124,18 +135,30 @@ def elbo_draws(
     num_samples: int,
     batch_size: int | None = None,
     stream: int = STREAM_ELBO,
+    *,
+    masking: str = "uniform",
+    scored: torch.Tensor | None = None,
+    block_length: int | None = None,
+    p_mask_context: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ELBO's Monte-Carlo draws: log-probs `(S, B, C)` at masked positions (0 elsewhere), masks, weights `L/k`.
+    """The ELBO's Monte-Carlo draws: log-probs `(S, B, C)` at masked positions (0 elsewhere), masks, weights.
 
-    The `S * B` masked copies go through the model in forwards of at most `batch_size` rows (default `B`: one sample
-    of every sequence per forward).
+    `masking` picks the scheme of `dipod_trl.estimators` (`block_length`, `p_mask_context`: `block_random` only);
+    `scored` (default: the completion's attention mask) are the positions the ELBO covers. The `S * B` masked
+    copies go through the model in forwards of at most `batch_size` rows (default `B`: one copy of every sequence
+    per forward).
     """
     c = completion_length
-    completion_ids, completion_mask = input_ids[:, -c:], attention_mask[:, -c:]
-    masks, weights = elbo_masks(seeds, completion_mask, num_samples, stream)
+    completion_ids = input_ids[:, -c:]
+    valid = attention_mask[:, -c:].bool() if scored is None else scored.bool()
+    draw = draw_masks(masking, seeds, valid, num_samples, stream, block_length=block_length,
+                      prompt_valid=attention_mask[:, : input_ids.size(1) - c], p_mask_context=p_mask_context)
+    masks = draw.masks
     s, b = masks.shape[:2]
     noisy = input_ids.unsqueeze(0).repeat(s, 1, 1)
-    noisy[:, :, -c:] = completion_ids.masked_fill(masks, adapter.mask_token_id)
+    if draw.context is not None:
+        noisy = noisy.masked_fill(draw.context, adapter.mask_token_id)
+    noisy[:, :, -c:] = noisy[:, :, -c:].masked_fill(masks, adapter.mask_token_id)
     logps, _ = masked_token_logps(
         model,
         adapter,
@@ -145,13 +168,14 @@ def elbo_draws(
         masks.view(s * b, c),
         batch_size=batch_size or b,
     )
-    return logps.view(s, b, c), masks, weights
+    return logps.view(s, b, c), masks, draw.weights
 
 
 def elbo_per_token(*args, **kwargs) -> torch.Tensor:
-    """Monte-Carlo ELBO per token `(B, C)`: `mean_s (L/k_s) * 1[i in M_s] * log p(x_i | x_masked)`.
+    """Monte-Carlo ELBO per token `(B, C)`: `mean_s w_s * 1[i in M_s] * log p(x_i | x_masked)` (`w_s = L/k_s` for
+    plain MC).
 
-    Summing over the completion gives the unbiased sequence estimate; arguments as `elbo_draws`.
+    Summing over the completion gives the sequence estimate; arguments as `elbo_draws`.
     """
     logps, _, weights = elbo_draws(*args, **kwargs)
     return (logps * weights.unsqueeze(-1)).mean(dim=0)
@@ -167,21 +191,25 @@ def one_step_logps(
     p_mask_prompt: float,
     compute_entropy: bool = False,
     batch_size: int | None = None,
+    scored: torch.Tensor | None = None,
+    keep_unscored: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """diffu-GRPO's one-step estimate: `log p(x_i | prompt partly masked, completion fully masked)` per token.
 
-    Each prompt token is masked with probability `p_mask_prompt` (seeded per sample); the whole completion is masked.
-    Returns per-token log-probs `(B, C)` (0 on padding) and, if asked, the per-token entropies.
+    Each prompt token is masked with probability `p_mask_prompt` (seeded per sample); the whole completion is masked
+    (except, with `keep_unscored`, the positions outside `scored`, left as `eos_convention` wrote them). Returns
+    per-token log-probs `(B, C)` (0 where not scored) and, if asked, the per-token entropies.
     """
     c = completion_length
-    completion_mask = attention_mask[:, -c:].bool()
+    valid = attention_mask[:, -c:].bool() if scored is None else scored.bool()
     noisy = input_ids.clone()
     prompt_len = input_ids.size(1) - c
     if prompt_len > 0 and p_mask_prompt > 0:
         u = hashed_uniform(seeds, STREAM_ONE_STEP, 0, prompt_len)
         prompt_hit = (u < p_mask_prompt) & attention_mask[:, :prompt_len].bool()
         noisy[:, :prompt_len] = noisy[:, :prompt_len].masked_fill(prompt_hit, adapter.mask_token_id)
-    noisy[:, -c:] = adapter.mask_token_id
+    hide = valid if keep_unscored else torch.ones_like(valid)
+    noisy[:, -c:] = noisy[:, -c:].masked_fill(hide, adapter.mask_token_id)
     return masked_token_logps(
-        model, adapter, noisy, attention_mask, input_ids[:, -c:], completion_mask, batch_size, compute_entropy
+        model, adapter, noisy, attention_mask, input_ids[:, -c:], valid, batch_size, compute_entropy
     )

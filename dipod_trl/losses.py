@@ -20,10 +20,16 @@ def sequence_elbo(per_token: torch.Tensor, completion_mask: torch.Tensor, normal
     return total
 
 
-def aggregate(per_sequence: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean over the valid sequences (those with at least one completion token) of a per-sequence loss."""
-    valid = valid.to(per_sequence.dtype)
-    return (per_sequence * valid).sum() / valid.sum().clamp(min=1.0)
+def aggregate(per_sequence: torch.Tensor, valid: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the valid sequences (those with at least one completion token) of a per-sequence loss.
+
+    With `lengths` (completion lengths `L_b`), the length-weighted mean `sum_b L_b l_b / sum_b L_b` instead, as SPG's
+    release weights its sequence losses and DiPOD term.
+    """
+    weight = valid.to(per_sequence.dtype)
+    if lengths is not None:
+        weight = weight * lengths.to(per_sequence.dtype)
+    return (per_sequence * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def fpo_policy_loss(
@@ -55,9 +61,11 @@ def elbo_kl(elbo_new: torch.Tensor, elbo_ref: torch.Tensor) -> torch.Tensor:
     return elbo_new - elbo_ref
 
 
-def dipod_regularizer(elbo: torch.Tensor, valid: torch.Tensor, dipod_beta: float) -> torch.Tensor:
-    """DiPOD: `dipod_beta * (-ELBO)` of the policy's own completions, averaged over sequences (keeps the graph)."""
-    return dipod_beta * aggregate(-elbo, valid)
+def dipod_regularizer(
+    elbo: torch.Tensor, valid: torch.Tensor, dipod_beta: float, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """DiPOD: `dipod_beta * (-ELBO)` of the policy's own completions, averaged as `aggregate` (keeps the graph)."""
+    return dipod_beta * aggregate(-elbo, valid, lengths)
 
 
 def spg_eubo(

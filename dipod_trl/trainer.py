@@ -17,9 +17,9 @@ import os
 from contextlib import contextmanager
 
 import torch
-from accelerate.utils import gather
+from accelerate.utils import gather, send_to_device
 from safetensors.torch import load_file
-from transformers import GenerationConfig, PretrainedConfig
+from transformers import GenerationConfig, PretrainedConfig, TrainerState
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
@@ -27,10 +27,11 @@ from trl.trainer.utils import pad
 from . import losses
 from .checkpoints import check_checkpoint, resolve_resume
 from .config import DiPODConfig
+from .estimators import iteration_seeds, sample_seeds
 from .families import family_of_model
 from .families.adapters import adapter_to_original_format, read_adapter_weights
 from .guard import NonFiniteGuard
-from .likelihood import elbo_draws, elbo_per_token, one_step_logps, sample_seeds
+from .likelihood import elbo_draws, elbo_per_token, eos_convention, one_step_logps
 from .models import diffusion_adapter, load_diffusion_model
 from .sampler import diffusion_generate
 from .validation import (
@@ -157,14 +158,33 @@ class DiPODTrainer(GRPOTrainer):
     # Safety: resume only from complete, readable checkpoints; skip non-finite updates; log NaN losses as NaN
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """`Trainer.train`, with `resume_from_checkpoint="latest"` and checkpoints checked before anything loads."""
-        checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir, self.args.world_size)
+        args = self.args
+        checkpoint = resolve_resume(resume_from_checkpoint, args.output_dir, args.world_size)
         if checkpoint is not None:
-            check_checkpoint(checkpoint, self.args.world_size, self.args.resume_incomplete_checkpoint)
+            state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+            mid_cycle = state.global_step * args.gradient_accumulation_steps % (
+                args.steps_per_generation * args.num_iterations) != 0
+            rollouts = [f"rollouts_{i}.pt" for i in range(args.world_size)] if mid_cycle else []
+            check_checkpoint(checkpoint, args.world_size, args.resume_incomplete_checkpoint, also_required=rollouts)
         result = super().train(resume_from_checkpoint=checkpoint, **kwargs)
         if self.state.global_step == 0 and self.state.max_steps != 0:
             raise ValueError("Training ran 0 steps: the training dataset yielded no usable rows (empty, or every "
                              f"prompt blank: {self.blank_prompts.skipped} skipped). Check the data source.")
         return result
+
+    # The completions reused over `num_iterations` are per-process run state like the RNG, so they are saved and
+    # restored with it: a run resumed mid-cycle reuses them (TRL would regenerate, and shift every later cycle).
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        torch.save({"step": self._step, "buffer": self._buffered_inputs},
+                   os.path.join(output_dir, f"rollouts_{self.args.process_index}.pt"))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        path = os.path.join(checkpoint or "", f"rollouts_{self.args.process_index}.pt")
+        if checkpoint is not None and os.path.isfile(path):
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            self._step, self._buffered_inputs = saved["step"], send_to_device(saved["buffer"], self.accelerator.device)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -269,10 +289,41 @@ class DiPODTrainer(GRPOTrainer):
         seeds = sample_seeds(
             self.args.seed, round_key, self.accelerator.process_index, len(inputs), device=self.accelerator.device
         )
-        with self._mask_seeds(seeds):
-            output = super()._generate_and_score_completions(inputs)
+        self._rollout = {"calls": 0}  # TRL scores the rollouts here: old estimate first (if it needs one), then ref
+        try:
+            with self._mask_seeds(seeds):
+                output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._rollout = None
         output["mask_seeds"] = seeds
         return output
+
+    def _redraws_masks(self) -> bool:
+        return self.args.mask_redraw == "per_iteration" and self.num_iterations > 1
+
+    def _iteration(self) -> int:
+        """The inner iteration of the current micro-step when masks are redrawn per iteration (else, and in eval, 0)."""
+        if not self._redraws_masks() or not self.model.training:
+            return 0
+        return (self._step % (self.args.steps_per_generation * self.num_iterations)) // self.args.steps_per_generation
+
+    def _for_iteration(self, per_token: torch.Tensor | None) -> torch.Tensor | None:
+        """This iteration's slice of old/reference terms stored for every iteration `(B, I, C)`."""
+        return per_token[:, self._iteration()] if per_token is not None and per_token.dim() == 3 else per_token
+
+    def _old_logps_requested(self) -> bool:
+        """TRL's own condition (GRPOTrainer._generate_and_score_completions) for computing an old estimate."""
+        return self.args.gradient_accumulation_steps % (self.args.steps_per_generation * self.num_iterations) != 0
+
+    def _likelihood_view(self, input_ids, attention_mask, c: int):
+        """`eos_convention`: the ids and attention the likelihood sees, and the scored completion positions."""
+        return eos_convention(input_ids, attention_mask, c, self.eos_token_ids, self.dllm.mask_token_id,
+                              self.args.score_eos, self.args.after_eos)
+
+    def _elbo_kwargs(self, scored: torch.Tensor) -> dict:
+        args = self.args
+        return dict(masking=args.elbo_masking, scored=scored, block_length=args.block_length,
+                    p_mask_context=args.p_mask_prompt, batch_size=args.elbo_batch_size)
 
     # ----------------------------------------------------------------------------------------------------------------
     # 3. Per-token likelihood terms
@@ -282,77 +333,95 @@ class DiPODTrainer(GRPOTrainer):
         seeds = self._active_seeds
         if seeds is None or seeds.numel() != input_ids.size(0):
             raise RuntimeError("Likelihood estimate requested without one mask seed per row (coupling would break).")
+        iterations = [self._iteration()]
+        rollout = getattr(self, "_rollout", None)
+        if rollout is not None:
+            is_old = rollout["calls"] == 0 and self._old_logps_requested()
+            rollout["calls"] += 1
+            if is_old and self.args.likelihood_estimator == "spg":
+                return None, None, None  # SPG has no ratio: an old estimate would be a forward nobody reads
+            if self._redraws_masks() and self.model.training:
+                iterations = list(range(self.num_iterations))  # old/ref for every iteration's masks: (B, I, C)
+        ids, attn, scored = self._likelihood_view(input_ids, attention_mask, logits_to_keep)
+        terms = [self._per_token_terms(model, ids, attn, logits_to_keep, iteration_seeds(seeds, it), scored,
+                                       batch_size, compute_entropy) for it in iterations]
+        if len(terms) == 1:
+            return terms[0][0], terms[0][1], None
+        return torch.stack([logps for logps, _ in terms], dim=1), None, None
+
+    def _per_token_terms(self, model, ids, attn, c, seeds, scored, batch_size, compute_entropy):
         with self.accelerator.autocast():
             if self.args.likelihood_estimator == "one_step":
-                logps, entropies = one_step_logps(
-                    model, self.dllm, input_ids, attention_mask, logits_to_keep, seeds, self.args.p_mask_prompt,
-                    compute_entropy=compute_entropy, batch_size=batch_size,
+                return one_step_logps(
+                    model, self.dllm, ids, attn, c, seeds, self.args.p_mask_prompt, compute_entropy=compute_entropy,
+                    batch_size=batch_size, scored=scored, keep_unscored=self.args.after_eos == "visible",
                 )
-                return logps, entropies, None
-            logps = elbo_per_token(
-                model, self.dllm, input_ids, attention_mask, logits_to_keep, seeds, self.args.elbo_samples,
-                batch_size=self.args.elbo_batch_size,
-            )
-        return logps, (torch.zeros_like(logps) if compute_entropy else None), None
+            logps = elbo_per_token(model, self.dllm, ids, attn, c, seeds, self.args.elbo_samples,
+                                   **self._elbo_kwargs(scored))
+        return logps, (torch.zeros_like(logps) if compute_entropy else None)
 
     # ----------------------------------------------------------------------------------------------------------------
     # 4. Losses
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
             raise ValueError("DiPODTrainer does not return outputs from compute_loss.")
+        args = self.args
         mode = "train" if self.model.training else "eval"
         scale = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        view = self._likelihood_view(*self._joined(inputs))
+        scored = view[2]
+        valid = scored.sum(-1) > 0
+        lengths = scored.sum(-1) if args.sequence_aggregation == "length" else None
         with self._mask_seeds(inputs["mask_seeds"]):
-            if self.args.likelihood_estimator == "one_step":
-                loss = super()._compute_loss(model, inputs)  # TRL's token-level loss, already divided by `scale`
+            if args.likelihood_estimator == "one_step":
+                trl_inputs = {**inputs, "completion_mask": scored.to(inputs["completion_mask"].dtype)}
+                for key in ("old_per_token_logps", "ref_per_token_logps"):
+                    trl_inputs[key] = self._for_iteration(inputs.get(key))
+                loss = super()._compute_loss(model, trl_inputs)  # TRL's token-level loss, already divided by `scale`
                 policy_loss = loss.detach() * scale
-                elbo = self._sequence_elbo(model, inputs) if self.args.dipod_beta > 0 else None
+                elbo = self._sequence_elbo(model, inputs, view) if args.dipod_beta > 0 else None
             else:
-                policy_loss, elbo = self._elbo_policy_loss(model, inputs, mode)
+                policy_loss, elbo = self._elbo_policy_loss(model, inputs, mode, view, lengths)
                 loss = policy_loss / scale
                 policy_loss = policy_loss.detach()
-        valid = inputs["completion_mask"].sum(-1) > 0
         if elbo is not None:
-            regularizer = losses.dipod_regularizer(elbo, valid, self.args.dipod_beta)
-            if self.args.dipod_beta > 0:
+            regularizer = losses.dipod_regularizer(elbo, valid, args.dipod_beta, lengths)
+            if args.dipod_beta > 0:
                 loss = loss + regularizer / scale
             self._log_mean(mode, "dipod/elbo", losses.aggregate(elbo.detach(), valid))
             self._log_mean(mode, "dipod/regularizer", regularizer.detach())
         self._log_mean(mode, "dipod/policy_loss", policy_loss)
         return loss
 
-    def _sequence_elbo(self, model, inputs) -> torch.Tensor:
+    def _sequence_elbo(self, model, inputs, view) -> torch.Tensor:
         """Per-sequence ELBO of the batch's completions under `model`, with gradients (one_step's DiPOD term)."""
-        input_ids, attention_mask, c = self._joined(inputs)
+        ids, attn, scored = view
+        seeds = iteration_seeds(inputs["mask_seeds"], self._iteration())
         with self.accelerator.autocast():
-            per_token = elbo_per_token(
-                model, self.dllm, input_ids, attention_mask, c, inputs["mask_seeds"], self.args.dipod_elbo_samples,
-                batch_size=self.args.elbo_batch_size,
-            )
-        return losses.sequence_elbo(per_token, inputs["completion_mask"], self.args.normalization)
+            per_token = elbo_per_token(model, self.dllm, ids, attn, scored.size(1), seeds, self.args.dipod_elbo_samples,
+                                       **self._elbo_kwargs(scored))
+        return losses.sequence_elbo(per_token, scored, self.args.normalization)
 
-    def _elbo_policy_loss(self, model, inputs, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _elbo_policy_loss(self, model, inputs, mode: str, view, lengths) -> tuple[torch.Tensor, torch.Tensor]:
         """FPO or SPG loss of the micro-batch (before accumulation scaling) and the per-sequence ELBO it used."""
         args = self.args
-        input_ids, attention_mask, c = self._joined(inputs)
-        completion_mask = inputs["completion_mask"]
-        valid = completion_mask.sum(-1) > 0
+        ids, attn, scored = view
+        valid = scored.sum(-1) > 0
         advantages = inputs["advantages"]
+        seeds = iteration_seeds(inputs["mask_seeds"], self._iteration())
         with self.accelerator.autocast():
-            logps, masks, weights = elbo_draws(
-                model, self.dllm, input_ids, attention_mask, c, inputs["mask_seeds"], args.elbo_samples,
-                batch_size=args.elbo_batch_size,
-            )
+            logps, masks, weights = elbo_draws(model, self.dllm, ids, attn, scored.size(1), seeds, args.elbo_samples,
+                                               **self._elbo_kwargs(scored))
         per_token = (logps * weights.unsqueeze(-1)).mean(0)
-        elbo = losses.sequence_elbo(per_token, completion_mask, args.normalization)
+        elbo = losses.sequence_elbo(per_token, scored, args.normalization)
 
         if args.likelihood_estimator == "spg":
-            eubo = losses.spg_eubo(logps, masks, weights, completion_mask, args.spg_eubo_beta, args.normalization)
+            eubo = losses.spg_eubo(logps, masks, weights, scored, args.spg_eubo_beta, args.normalization)
             per_seq = losses.spg_policy_loss(elbo, eubo, advantages, args.spg_omega)
             self._log_mean(mode, "spg/eubo", losses.aggregate(eubo.detach(), valid))
         else:
-            old = inputs.get("old_per_token_logps")
-            elbo_old = elbo.detach() if old is None else losses.sequence_elbo(old, completion_mask, args.normalization)
+            old = self._for_iteration(inputs.get("old_per_token_logps"))
+            elbo_old = elbo.detach() if old is None else losses.sequence_elbo(old, scored, args.normalization)
             per_seq, ratio = losses.fpo_policy_loss(
                 elbo, elbo_old, advantages, self.epsilon_low, self.epsilon_high, args.delta
             )
@@ -362,11 +431,11 @@ class DiPODTrainer(GRPOTrainer):
             self._log_mean(mode, "clip_ratio/high_mean", losses.aggregate(is_high.float(), valid))
             self._log_mean(mode, "clip_ratio/region_mean", losses.aggregate((is_low | is_high).float(), valid))
         if self.beta != 0.0:
-            ref = losses.sequence_elbo(inputs["ref_per_token_logps"], completion_mask, args.normalization)
+            ref = losses.sequence_elbo(self._for_iteration(inputs["ref_per_token_logps"]), scored, args.normalization)
             kl = losses.elbo_kl(elbo, ref)
             per_seq = per_seq + self.beta * kl
             self._log_mean(mode, "kl", losses.aggregate(kl.detach(), valid))
-        return losses.aggregate(per_seq, valid), elbo
+        return losses.aggregate(per_seq, valid, lengths), elbo
 
     @staticmethod
     def _joined(inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
