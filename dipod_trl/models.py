@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 from dataclasses import dataclass
 
 import torch
@@ -202,6 +203,21 @@ def supports_sparse_logits(model: nn.Module, vocab_size: int) -> bool:
     return sparse.shape == (2, full.size(-1)) and torch.allclose(sparse, full[keep], atol=1e-5)
 
 
+def model_config_dict(name_or_path: str, revision: str | None = None) -> dict:
+    """The model's `config.json`, with an error that says whether the local path or the Hub id is the problem."""
+    from transformers import PretrainedConfig
+
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1  # Hub ids: org/name
+    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(f"Model directory {name_or_path!r} does not exist; check the path.")
+    try:
+        return PretrainedConfig.get_config_dict(name_or_path, revision=revision)[0]
+    except OSError as err:
+        where = ("the directory has no config.json" if os.path.isdir(name_or_path) else
+                 "it is neither a local directory nor a Hub model id that can be reached")
+        raise OSError(f"Cannot load model {name_or_path!r}: {where} ({' '.join(str(err).split())[:200]}).") from err
+
+
 def load_diffusion_model(
     name_or_path: str, trust_remote_code: bool = False, native_model_families: bool = True, **kwargs
 ) -> nn.Module:
@@ -211,9 +227,9 @@ def load_diffusion_model(
     `trust_remote_code` says. Their Hub code runs only with `native_model_families=False` and
     `trust_remote_code=True`; pin it with `revision=`. `kwargs` go to `from_pretrained`.
     """
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, PretrainedConfig
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    config_dict, _ = PretrainedConfig.get_config_dict(name_or_path, revision=kwargs.get("revision"))
+    config_dict = model_config_dict(name_or_path, kwargs.get("revision"))
     family = family_of(config_dict)
     if family is not None and native_model_families:
         return family.model_class.from_pretrained(name_or_path, **kwargs)
