@@ -87,3 +87,21 @@ def test_a_streak_stops_training_and_keeps_the_last_good_checkpoint_latest(tmp_p
     saved = sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*"))
     assert saved == ["checkpoint-1", "checkpoint-2"]  # step 3 raised before its update and its save
     assert trainer.guard.skipped == 2
+
+
+def _huge_rewards(prompts, completions, **kwargs):
+    return [3e38 if i % 2 else -3e38 for i in range(len(completions))]
+
+
+@pytest.mark.parametrize(("reward", "overrides"), [
+    (_varied_reward, dict(learning_rate=1e10)),  # step 1 blows the weights up; every later forward is NaN
+    (_huge_rewards, dict(scale_rewards="none", learning_rate=1e-3)),  # advantages near float32's max
+    (_varied_reward, dict(likelihood_estimator="spg", learning_rate=1e6)),
+])
+def test_the_reported_causes_are_skipped_and_never_reach_the_weights(tmp_path, tokenizer, tiny_model, reward,
+                                                                     overrides):
+    config = _config(tmp_path, max_steps=3, max_consecutive_nonfinite=5, **overrides)
+    trainer = DiPODTrainer(tiny_model, [reward], config, _dataset(), processing_class=tokenizer)
+    trainer.train()
+    assert trainer.guard.skipped >= 2
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
