@@ -105,3 +105,45 @@ def test_the_reported_causes_are_skipped_and_never_reach_the_weights(tmp_path, t
     trainer.train()
     assert trainer.guard.skipped >= 2
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+DEEPSPEED_SCRIPT = '''
+import json, sys, torch
+from datasets import Dataset
+from transformers import AutoTokenizer
+from dipod_trl import DiPODConfig, DiPODTrainer
+
+def varied(prompts, completions, **kwargs):
+    return [float(i % 3) for i in range(len(completions))]
+
+config = DiPODConfig(output_dir=sys.argv[2], per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
+                     block_length=4, diffusion_steps=4, max_steps=3, logging_steps=1, report_to="none", use_cpu=True,
+                     save_strategy="no", disable_tqdm=True, bf16=False, learning_rate=1e10)
+trainer = DiPODTrainer(sys.argv[1], [varied], config, Dataset.from_dict({"prompt": [f"q{i}:" for i in range(16)]}),
+                       processing_class=AutoTokenizer.from_pretrained(sys.argv[1]))
+trainer.train()
+params = trainer.accelerator.unwrap_model(trainer.model).parameters()
+print("RESULT", json.dumps({"skipped": trainer.guard.skipped, "finite": all(torch.isfinite(p).all().item() for p in params)}))
+'''
+
+
+@pytest.mark.distributed
+def test_deepspeed_zero2_skips_and_counts_non_finite_updates(tmp_path, tiny_model_dir):
+    """Under DeepSpeed the step happens inside backward; its overflow check skips, the guard counts on every rank."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("deepspeed")
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "run.py"
+    script.write_text(DEEPSPEED_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
+         str(root / "recipes/accelerate/zero2.yaml"), str(script), str(tiny_model_dir), str(tmp_path / "out")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line.split("RESULT", 1)[1]) for line in proc.stdout.splitlines() if "RESULT" in line]
+    assert len(results) == 2 and all(r == {"skipped": 2, "finite": True} for r in results), results
