@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip
 TORCH_PIN := torch==2.13.0
 STAMP := .stamp-install
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install test test-fast lint demo bench bench-estimators clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PIP) install -q "$(TORCH_PIN)"
@@ -23,10 +23,13 @@ lint: $(STAMP)
 	$(PYTHON) -m ruff check dipod_trl examples tests benchmarks
 
 demo: $(STAMP)
-	$(PYTHON) -m dipod_trl.demo $(if $(QUICK),--quick,)
+	$(PYTHON) examples/demo.py $(if $(QUICK),--quick,)
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_performance.py $(if $(QUICK),--quick,)
+
+bench-estimators: $(STAMP)
+	$(PYTHON) benchmarks/bench_estimators.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(STAMP) build dist *.egg-info .pytest_cache .ruff_cache demo_out

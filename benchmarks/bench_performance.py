@@ -38,14 +38,15 @@ from rich.table import Table
 from transformers import PrinterCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "examples"))
 from reference_impl import release_generate, release_sequence_elbo  # noqa: E402
+from tiny import build_tiny_tokenizer  # noqa: E402  (examples/tiny.py)
 
 from dipod_trl.families import LLaDAConfig, LLaDAForDiffusionLM  # noqa: E402
 from dipod_trl.likelihood import elbo_per_token  # noqa: E402
 from dipod_trl.models import diffusion_adapter  # noqa: E402
 from dipod_trl.sampler import diffusion_generate  # noqa: E402
 from dipod_trl.sft import masked_diffusion_sft  # noqa: E402
-from dipod_trl.tiny import build_tiny_tokenizer  # noqa: E402
 
 console = Console()
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -28,7 +28,8 @@ Schemes (`draw_masks(name, ...)`):
   blocks), a uniform number `1..m` of its `m` valid tokens masked, every later block masked, and each earlier
   completion token and each prompt token masked with probability `p_mask_context`; earlier completion tokens are
   scored, prompt tokens are context. Weight `L / k` with `k` the number of scored masked tokens, so that
-  `ELBO / L` is SPG's per-token average over masked tokens.
+  `ELBO / L` is SPG's per-token average over masked tokens. (The release also masks everything after the
+  completion: `eos_convention(after_eos="masked")` in `dipod_trl.likelihood`.)
 
 Coupled randomness: every random draw is a counter-based hash of `(seed of the sample, stream, index)`, so the
 old, reference and current estimates of one rollout see identical masks wherever and in whatever batch the sample
@@ -229,7 +230,7 @@ def block_random_masks(
         earlier = block_of.unsqueeze(0) < chosen.unsqueeze(1)
         hit = hashed_uniform(seeds, stream, 4 * s + 3, p + c) < p_mask_context
         mask = valid & (picked | later | (earlier & hit[:, p:]))
-        context = torch.cat([prompt_valid.bool() & hit[:, :p], ~valid & later], dim=1)
+        context = torch.cat([prompt_valid.bool() & hit[:, :p], torch.zeros_like(valid)], dim=1)
         masks.append(mask)
         weights.append(_inverse_rate(length, mask.sum(1)))
         contexts.append(context)

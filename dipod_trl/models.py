@@ -203,13 +203,18 @@ def supports_sparse_logits(model: nn.Module, vocab_size: int) -> bool:
     return sparse.shape == (2, full.size(-1)) and torch.allclose(sparse, full[keep], atol=1e-5)
 
 
+def check_model_path(name_or_path: str) -> None:
+    """Refuse a path that cannot be a Hub id (`./x`, `/x`, `~/x`, `a/b/c`) and does not exist, naming it."""
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1  # Hub ids: org/name
+    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(f"Model directory {name_or_path!r} does not exist; check the path.")
+
+
 def model_config_dict(name_or_path: str, revision: str | None = None) -> dict:
     """The model's `config.json`, with an error that says whether the local path or the Hub id is the problem."""
     from transformers import PretrainedConfig
 
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1  # Hub ids: org/name
-    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
-        raise FileNotFoundError(f"Model directory {name_or_path!r} does not exist; check the path.")
+    check_model_path(name_or_path)
     try:
         return PretrainedConfig.get_config_dict(name_or_path, revision=revision)[0]
     except OSError as err:

@@ -34,6 +34,7 @@ from .guard import NonFiniteGuard
 from .likelihood import elbo_draws, elbo_per_token, eos_convention, one_step_logps
 from .models import diffusion_adapter, load_diffusion_model
 from .sampler import diffusion_generate
+from .tasks import math_verify_timeouts
 from .validation import (
     BlankPromptFilter,
     check_dataset,
@@ -210,6 +211,8 @@ class DiPODTrainer(GRPOTrainer):
             logs["guard/skipped_updates"] = float(self.guard.skipped)
             if self.blank_prompts.skipped:
                 logs["data/skipped_blank_prompts"] = float(self.blank_prompts.skipped)
+            if math_verify_timeouts():
+                logs["rewards/math_verify_timeouts"] = float(math_verify_timeouts())
         super().log(logs, start_time)
 
     def _longest_prompt(self, dataset, limit: int = 50_000) -> int:

@@ -1,23 +1,37 @@
-"""Train PPO / FPO / FPO+DiPOD on a gymnasium continuous-control task, or aggregate finished runs.
+"""Train PPO / FPO / FPO++ (optionally with DiPOD) on a gymnasium continuous-control task, or aggregate finished runs.
 
-    python examples/control.py --env Pendulum-v1 --algo fpo_dipod --seed 0 --total_timesteps 100000 \
-        --config recipes/control/pendulum.yaml --output_dir outputs/control/pendulum/fpo_dipod/seed0
+    python examples/control.py --env Pendulum-v1 --algo fpo++ --seed 0 --config recipes/control/pendulum.yaml
+    python examples/control.py --env HalfCheetah-v5 --algo fpo++ --self_distill_iters 100   # + the paper's DiPOD
+    python examples/control.py --env HalfCheetah-v5 --algo fpo++ --dipod_beta 0.05          # + per-update DiPOD
     python examples/control.py --aggregate outputs/control --aggregate_out benchmarks/control_results
 
 Every ``ControlConfig`` field is also a flag (``--n_mc 4``, ``--hidden_sizes 64 64``, ``--normalize_obs false``).
-Precedence: dataclass defaults < ``--config`` YAML < command-line flags.
+Precedence: dataclass defaults < ``--config`` YAML < command-line flags. Bad input prints one ``error:`` line and
+exits with status 2; ``--debug`` (or ``DIPOD_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import typing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dipod_trl.control import ControlConfig, aggregate, load_config, run_experiment  # noqa: E402
+from dipod_trl.control import ConfigError, ControlConfig, aggregate, load_config, run_experiment  # noqa: E402
+from dipod_trl.control.envs import make_vec_env  # noqa: E402
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (raised instead of argparse's exit, so that one error line is printed)."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{message} (see --help)")
 
 
 def _bool(text: str) -> bool:
@@ -28,28 +42,39 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
+def _optional(kind: type) -> typing.Callable[[str], typing.Any]:
+    """Parser for ``X | None`` fields: ``none`` gives None (the algorithm's default)."""
+
+    def parse(text: str) -> typing.Any:
+        return None if text.lower() in ("none", "null", "auto") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML recipe whose keys are ControlConfig fields")
     parser.add_argument("--aggregate", metavar="DIR", help="aggregate the runs under DIR instead of training")
     parser.add_argument("--aggregate_out", metavar="DIR", help="where to write the summary (default: DIR)")
     parser.add_argument("--no_progress", action="store_true", help="disable the progress bar")
-    defaults = ControlConfig()
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also: DIPOD_DEBUG=1)")
+    hints = typing.get_type_hints(ControlConfig)
     for f in dataclasses.fields(ControlConfig):
-        default = getattr(defaults, f.name)
         names = [f"--{f.name}"] + (["--env"] if f.name == "env_id" else [])
-        if isinstance(default, bool):
-            parser.add_argument(*names, type=_bool, default=None, metavar="BOOL")
-        elif isinstance(default, list):
+        hint = hints[f.name]
+        optional = type(None) in typing.get_args(hint)
+        base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint  # X | None -> X
+        if typing.get_origin(base) is list:
             parser.add_argument(*names, type=int, nargs="+", default=None)
-        elif f.name == "output_dir":
-            parser.add_argument(*names, default=None)
+        elif base is bool:
+            parser.add_argument(*names, type=_optional(_bool), default=None, metavar="BOOL")
         else:
-            parser.add_argument(*names, type=type(default), default=None)
+            parser.add_argument(*names, type=_optional(base) if optional else base, default=None)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _run(argv: list[str] | None) -> int:
     args = vars(build_parser().parse_args(argv))
     if args["aggregate"]:
         print(aggregate(args["aggregate"], args["aggregate_out"]))
@@ -57,12 +82,30 @@ def main(argv: list[str] | None = None) -> int:
     fields = {f.name for f in dataclasses.fields(ControlConfig)}
     cfg = load_config(args["config"], **{k: v for k, v in args.items() if k in fields})
     if cfg.output_dir is None:
-        cfg.output_dir = f"outputs/control/{cfg.env_id}/{cfg.algo}/seed{cfg.seed}"
+        cfg.output_dir = f"outputs/control/{cfg.env_id}/{cfg.method.replace(' ', '')}/seed{cfg.seed}"
+    make_vec_env(cfg.env_id, 1).close()  # unknown ids, discrete or unbounded action spaces fail here, not mid-run
+    try:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create output_dir {cfg.output_dir!r}: {err.strerror or err}") from err
     rows = run_experiment(cfg, progress=not args["no_progress"])
     last = rows[-1]
-    print(f"{cfg.algo} {cfg.env_id} seed={cfg.seed}: final eval return {last['eval_return']:.1f} "
+    print(f"{cfg.method} {cfg.env_id} seed={cfg.seed}: final eval return {last['eval_return']:.1f} "
           f"after {last['step']} steps in {last['wall_time']:.0f}s -> {cfg.output_dir}")  # fmt: skip
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0 on success, 2 on bad input (one ``error:`` line on stderr, or the traceback when debugging)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("DIPOD_DEBUG", "").lower() not in ("", "0", "false", "no")
+    try:
+        return _run(argv)
+    except (UsageError, ConfigError) as err:
+        if debug:
+            raise
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,26 +1,39 @@
 """Drift study: FPO vs FPO+DiPOD on the demo's task over several seeds, mean +- std of final reward and drift gap.
 
-    python examples/drift_study.py --seeds 3 [--quick] [--stress | --both] [--output_dir demo_out/drift_study]
+    python examples/drift_study.py --seeds 3 [--quick] [--stress | --both] [--maskings uniform,antithetic]
+                                   [--output_dir demo_out/drift_study] [--resume]
 
-Each seed bootstraps its own tiny model by SFT (`dipod_trl.demo.sft_model`), then RL-trains FPO and FPO+DiPOD from
-it (`dipod_trl.demo.run_demo`, whose per-seed report and plots land in `OUTPUT_DIR/SETTING/seed_N/`). `--stress`
-uses the harsher RL setting where FPO drifts (`dipod_trl.demo.STRESS`: larger learning rate, more inner
-iterations); `--both` runs the default and the stress setting from the same SFT models. The table is printed and
-written to `OUTPUT_DIR/drift_study.md` (raw numbers in `drift_study.json`).
+Each seed bootstraps its own tiny model by SFT (`examples/demo.py`'s `sft_model`), then RL-trains FPO and FPO+DiPOD from
+it (`run_demo`, whose per-seed report and plots land in `OUTPUT_DIR/SETTING/seed_N/`). `--stress`
+uses the harsher RL setting where FPO drifts (`demo.STRESS`: larger learning rate, more inner
+iterations); `--both` runs the default and the stress setting from the same SFT models. `--maskings` repeats every
+run with each ELBO mask scheme (`DiPODConfig.elbo_masking`, `dipod_trl.estimators`) from the same SFT model and
+seed. The table is printed and written to `OUTPUT_DIR/drift_study.md` (raw numbers in `drift_study.json`).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-
-from dipod_trl.demo import METHODS, SIZES, STRESS, quiet, run_demo, sft_model
+from demo import (
+    METHODS,
+    SIZES,
+    STRESS,
+    evaluate,
+    quiet,
+    reversal_examples,
+    rl_run,
+    run_demo,
+    sft_model,
+    summarize,
+)
 
 COLUMNS = {
     "reward_final": "train reward (last 10%)",
@@ -46,6 +59,23 @@ def table(per_seed: list[dict], setting: str) -> str:
     return "\n".join(lines)
 
 
+def run_with_masking(setting, seed: int, base: tuple, masking: str, output_dir: Path, progress: bool) -> dict:
+    """`run_demo` with `elbo_masking=masking` for both methods, from the SFT model `base`; the summary only."""
+    if masking == "uniform":
+        return run_demo(setting, output_dir, seed, progress=progress, base=base)["summary"]
+    base_model, tokenizer, _ = base
+    held_out = reversal_examples(setting.eval_size, seed + 10_000)
+    results = {"size": asdict(setting), "seed": seed, "masking": masking}
+    for method in METHODS:
+        model = copy.deepcopy(base_model)
+        run = rl_run(model, tokenizer, method, setting, seed, progress, elbo_masking=masking)
+        results[method] = {**run, "eval": evaluate(model, tokenizer, held_out, seed)}
+    results["summary"] = summarize(results)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1))
+    return results["summary"]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -54,9 +84,11 @@ def main(argv: list[str] | None = None) -> dict:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--stress", action="store_true", help=f"only the stress setting {STRESS}")
     mode.add_argument("--both", action="store_true", help="the default and the stress setting")
+    parser.add_argument("--maskings", default="uniform", help="comma-separated ELBO mask schemes to compare")
     parser.add_argument("--output_dir", default="demo_out/drift_study")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="reuse the runs already in --output_dir")
     args = parser.parse_args(argv)
     quiet()
     torch.set_num_threads(args.threads)
@@ -66,18 +98,26 @@ def main(argv: list[str] | None = None) -> dict:
         settings = {k: v for k, v in settings.items() if (k == "stress") == args.stress}
     out = Path(args.output_dir)
     start = time.time()
-    summaries: dict[str, list[dict]] = {name: [] for name in settings}
+    maskings = args.maskings.split(",")
+    runs = {(name if masking == "uniform" else f"{name}, {masking}"): (setting, masking)
+            for name, setting in settings.items() for masking in maskings}
+    summaries: dict[str, list[dict]] = {name: [] for name in runs}
     for seed in range(args.seeds):
-        base = sft_model(size, seed, progress=not args.no_progress)
-        for name, setting in settings.items():
-            result = run_demo(setting, out / name / f"seed_{seed}", seed, progress=not args.no_progress, base=base)
-            summaries[name].append(result["summary"])
+        base = None  # the SFT model, built only if some run of this seed is not on disk yet
+        for name, (setting, masking) in runs.items():
+            folder = out / name.replace(", ", "_") / f"seed_{seed}"
+            if args.resume and (folder / "results.json").exists():  # finished by an earlier, interrupted study
+                summaries[name].append(json.loads((folder / "results.json").read_text())["summary"])
+                continue
+            base = base or sft_model(size, seed, progress=not args.no_progress)
+            summaries[name].append(run_with_masking(setting, seed, base, masking, folder, not args.no_progress))
             print(f"[{name} seed {seed}] done after {time.time() - start:.0f} s", flush=True)
     wall = time.time() - start
     tables = [table(per_seed, name) for name, per_seed in summaries.items()]
     header = (
         f"Drift study: `python examples/drift_study.py --seeds {args.seeds}{' --quick' if args.quick else ''}"
-        f"{' --stress' if args.stress else ''}{' --both' if args.both else ''}`, {wall / 60:.1f} min wall on "
+        f"{' --stress' if args.stress else ''}{' --both' if args.both else ''}"
+        f"{'' if maskings == ['uniform'] else ' --maskings ' + args.maskings}`, {wall / 60:.1f} min wall on "
         f"{args.threads} thread(s).\nSettings: " + "; ".join(
             f"{name}: lr {s.learning_rate:g}, num_iterations {s.num_iterations}, {s.rl_steps} RL steps"
             for name, s in settings.items()

@@ -1,4 +1,4 @@
-"""Evaluate DiPOD / d1 style generations on GSM8K, MATH-500, Countdown and 4x4 Sudoku.
+"""Evaluate DiPOD / d1 style generations on GSM8K, MATH-500, Countdown, 4x4 Sudoku or your own task.
 
 Re-scoring mode: read a saved generation file (``{"generations": [{"question", "generations", "ground_truth"}]}``)
 and score every item with the same parsing and reward code used in training::
@@ -11,7 +11,10 @@ generations and verdicts as JSON (``--output``, default ``eval_<task>.json``) an
     python examples/evaluate.py --task gsm8k --model GSAI-ML/LLaDA-8B-Instruct \
         [--adapter outputs/gsm8k-fpo_dipod] [--limit 200] [--dataset_path test.jsonl]
 
-The summary (accuracy, counts; Sudoku also cell accuracy and exact-solve rate) is printed as JSON on stdout.
+``--task`` is a built-in name, an installed ``dipod_trl.tasks`` entry point, or your own Task as
+``package.module:MyTask`` / ``path/to/file.py:MyTask`` (see ``examples/custom_task.py``). The summary (accuracy,
+counts; Sudoku also cell accuracy and exact-solve rate; math-verify checks that ran out of time) is printed as JSON on
+stdout.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dipod_trl.evaluation import TASKS, load_generations, score_generations
+from dipod_trl.cli import debug_requested, user_errors
+from dipod_trl.evaluation import load_generations, score_generations
+from dipod_trl.tasks import get_task, set_math_verify_timeout, task_names
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, choices=TASKS, help="benchmark whose answer checker to use")
+    parser.add_argument("--task", required=True, help=f"task whose answer checker to use: {', '.join(task_names())}, "
+                        "an entry point name, or package.module:MyTask / path/to/file.py:MyTask")
     source = parser.add_mutually_exclusive_group(required=True)  # what to evaluate
     source.add_argument("--generations", type=Path, help="saved generations JSON to re-score")
     source.add_argument("--model", help="model id or directory to generate with")
@@ -43,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mask_token_id", type=int, default=None, help="LLaDA: 126336 (default: from tokenizer)")
     gen.add_argument("--trust_remote_code", action="store_true", help="allow Hub code (not needed for LLaDA/Dream)")
     gen.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--math_verify_timeout", type=float, default=5.0,
+                        help="seconds per math-verify check before the answer counts as wrong (training uses 0.5; "
+                        "evaluation is generous so verdicts do not depend on machine load)")
     parser.add_argument("--output", type=Path, default=None, help="write summary plus per-item verdicts here")
     return parser
 
@@ -64,7 +73,6 @@ def generate_and_score(args: argparse.Namespace) -> dict[str, Any]:
 
     from dipod_trl.evaluation import generate_items
     from dipod_trl.models import diffusion_adapter, load_diffusion_model
-    from dipod_trl.runner import load_task_dataset
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype) if device == "cuda" else torch.float32
@@ -75,7 +83,7 @@ def generate_and_score(args: argparse.Namespace) -> dict[str, Any]:
         model = load_adapter(model, args.adapter).merge_and_unload()
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    dataset = load_task_dataset(args.task, args.dataset_path, split="test")
+    dataset = get_task(args.task).load(args.dataset_path, split="test")
     if args.limit is not None:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
     adapter = diffusion_adapter(model, tokenizer, args.mask_token_id)
@@ -91,15 +99,23 @@ def generate_and_score(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Bad arguments, files or models print one `error:` line and return 2 (`--debug` / DIPOD_DEBUG=1: traceback)."""
+    debug, argv = debug_requested(argv)
     args = build_parser().parse_args(argv)
+    previous_timeout = None
     try:
-        if args.model:
-            summary = generate_and_score(args)
-        else:
-            summary = rescore(args.task, args.generations, args.output)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        with user_errors(debug):
+            get_task(args.task)  # an unknown task fails before any work
+            previous_timeout = set_math_verify_timeout(args.math_verify_timeout)
+            if args.model:
+                summary = generate_and_score(args)
+            else:
+                summary = rescore(args.task, args.generations, args.output)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        if previous_timeout is not None:
+            set_math_verify_timeout(previous_timeout)
     print(json.dumps(summary))
     return 0
 

@@ -3,7 +3,12 @@
 All options: `python examples/gsm8k.py --help` (script, DiPODConfig and ModelConfig fields; YAML keys alike).
 """
 
-from dipod_trl.runner import main
+from pathlib import Path
+
+from tiny import save_tiny  # examples/tiny.py: the model of --create_tiny_model smoke runs
+
+from dipod_trl.runner import cli
 
 if __name__ == "__main__":
-    main("gsm8k")
+    # no arguments: the paper's recipe recipes/gsm8k/fpo_dipod.yaml where it can run, else the offline command
+    cli("gsm8k", tiny_model_builder=save_tiny, recipes=Path(__file__).resolve().parents[1] / "recipes" / "gsm8k")

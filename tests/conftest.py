@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from dipod_trl.tiny import build_tiny_model, build_tiny_tokenizer, save_tiny
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # tiny.py, demo.py, custom_task.py
+from tiny import build_tiny_model, build_tiny_tokenizer, save_tiny  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 from conftest import BagOfTokensLM, ContextFreeLM
+from demo import digit_credit, main, reversal_examples
 
-from dipod_trl.demo import digit_credit, main, reversal_examples
 from dipod_trl.models import DiffusionLM
 from dipod_trl.sft import masked_diffusion_sft, sft_loss
 

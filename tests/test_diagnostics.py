@@ -140,7 +140,7 @@ def _trainer(tmp_path, tokenizer, tiny_model):
 
 
 def test_callback_logs_drift_through_a_real_run_without_changing_training(tmp_path, tokenizer):
-    from dipod_trl.tiny import build_tiny_model
+    from tiny import build_tiny_model
 
     plain = _trainer(tmp_path, tokenizer, build_tiny_model(tokenizer))
     plain.train()

@@ -1,4 +1,4 @@
-"""Tests for generation re-scoring: dipod_trl.evaluation and the examples/evaluate.py CLI."""
+"""Tests for generation re-scoring: dipod_trl.evaluation (over any Task) and the examples/evaluate.py CLI."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dipod_trl.evaluation import countdown_truth, score_generations, sudoku_puzzle
+from dipod_trl.evaluation import score_generations
+from dipod_trl.tasks.countdown import countdown_truth
+from dipod_trl.tasks.sudoku import sudoku_puzzle
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DIPOD_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -81,25 +83,22 @@ def test_cli_rescoring(tmp_path, capsys):
         cli.main(["--task", "gsm8k"])
 
 
-# (task, number of items, plausible accuracy range) for LLaDA-8B-Instruct, 256 tokens, as in the d1 paper tables
-EXPECTED = [
-    ("gsm8k", 205, 0.70, 0.90),
-    ("math500", 84, 0.25, 0.45),
-    ("countdown", 37, 0.08, 0.35),
-    ("sudoku", 37, 0.03, 0.15),
-]
+# (task, items, items judged correct) for LLaDA-8B-Instruct, 256 tokens: the README's table (GSM8K 80.0 %, MATH-500
+# 34.5 %, Countdown 18.9 %, within the d1 paper's ranges), pinned so refactors of parsing and tasks keep every verdict
+EXPECTED = [("gsm8k", 205, 164), ("math500", 84, 29), ("countdown", 37, 7), ("sudoku", 37, 0)]
 
 
-@pytest.mark.parametrize(("task", "n", "low", "high"), EXPECTED)
-def test_rescoring_shared_generations(task, n, low, high, capsys):
+@pytest.mark.parametrize(("task", "n", "correct"), EXPECTED)
+def test_rescoring_shared_generations(task, n, correct, capsys):
     path = GENERATIONS / f"{task}_instruct_256_128_0.json"
     if not path.is_file():
         pytest.skip(f"{path} not available")
     assert load_cli().main(["--generations", str(path), "--task", task]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["n"] == n and low <= summary["accuracy"] <= high, summary
-    if task == "sudoku":
-        assert summary["empty_cells"] == 296 and 0.0 <= summary["exact_solve_rate"] <= summary["cell_accuracy"]
+    assert summary["n"] == n and summary["correct"] == correct and summary["math_verify_timeouts"] == 0, summary
+    assert summary["accuracy"] == pytest.approx(correct / n if task != "sudoku" else 20 / 296)
+    if task == "sudoku":  # d1's metric: cell accuracy over all blanks (6.8 %), 0 puzzles fully solved
+        assert summary["empty_cells"] == 296 and summary["correct_cells"] == 20 and summary["exact_solve_rate"] == 0
 
 
 

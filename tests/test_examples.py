@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import save_tiny
 from transformers import TrainerCallback
 
 from dipod_trl.runner import main
@@ -32,7 +33,10 @@ def test_gsm8k_script_trains_offline_and_saves(tmp_path, tiny_model_dir):
 
 def test_create_tiny_model_writes_a_loadable_model(tmp_path):
     model_dir = tmp_path / "fresh-tiny"
-    trainer = main("gsm8k", _args(tmp_path, model_dir, "--max_steps", "1", "--create_tiny_model", "true"))
+    with pytest.raises(ValueError, match="examples/tiny.py"):  # the library itself builds no toy models
+        main("gsm8k", _args(tmp_path, model_dir, "--max_steps", "1", "--create_tiny_model", "true"))
+    trainer = main("gsm8k", _args(tmp_path, model_dir, "--max_steps", "1", "--create_tiny_model", "true"),
+                   tiny_model_builder=save_tiny)
     assert (model_dir / "config.json").exists() and trainer.state.global_step == 1
 
 

@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 import torch
 from conftest import ContextFreeLM
+from tiny import build_tiny_model
 
 from dipod_trl.block_cache import BlockCache
 from dipod_trl.likelihood import elbo_per_token
 from dipod_trl.models import DiffusionLM, diffusion_adapter
 from dipod_trl.sampler import diffusion_generate
-from dipod_trl.tiny import build_tiny_model
 
 NATIVE = ("llada", "dream")
 

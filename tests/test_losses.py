@@ -55,3 +55,16 @@ def test_spg_uses_lower_bound_for_positive_and_mix_for_negative_advantages():
     adv = torch.tensor([1.0, -1.0])
     loss = losses.spg_policy_loss(elbo, eubo, adv, omega=0.5)
     assert loss.tolist() == [4.0, -3.0]
+
+
+def test_length_weighted_aggregation_and_spg_per_token_elbo():
+    per_seq, valid = torch.tensor([1.0, 3.0, 100.0]), torch.tensor([True, True, False])
+    lengths = torch.tensor([1, 3, 5])
+    assert losses.aggregate(per_seq, valid, lengths).item() == (1 * 1 + 3 * 3) / 4
+    assert torch.isclose(losses.dipod_regularizer(-per_seq, valid, 0.5, lengths), torch.tensor(0.5 * 10 / 4))
+    # token normalisation of the L/k-weighted draw = SPG's mean log-prob over the masked tokens
+    logps = torch.tensor([[[-1.0, -2.0, -4.0, 0.0]]])
+    masks = torch.tensor([[[True, False, True, False]]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    per_token = (logps * masks * (3 / 2)).mean(0)
+    assert torch.isclose(losses.sequence_elbo(per_token, mask, "token"), torch.tensor(-2.5))

@@ -1,4 +1,4 @@
-"""Tests for dipod_trl.rewards: robustness (never raise, floats only), safety of the Countdown parser, verdicts."""
+"""Tests for the built-in tasks' rewards: robustness (never raise, floats only), Countdown parser safety, verdicts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dipod_trl import rewards as R
+from dipod_trl.tasks import BUILTIN_TASKS, get_task, soft_format_reward, strict_format_reward, xml_count_reward
+from dipod_trl.tasks.countdown import countdown_reward, evaluate_countdown
+from dipod_trl.tasks.gsm8k import gsm8k_correctness_reward, gsm8k_gold, int_answer_reward
+from dipod_trl.tasks.math500 import math_correctness_reward
+from dipod_trl.tasks.parsing import extract_answer, extract_xml_answer, last_number, parse_number
+from dipod_trl.tasks.sudoku import is_valid_sudoku_solution, sudoku_cell_reward, sudoku_solved_reward
 
 COLUMNS = {
     "answer": "18",
@@ -20,7 +25,8 @@ COLUMNS = {
     "solution": "4321124334122134",
 }
 ALL_REWARDS = sorted(
-    {f for fs in R.REWARDS_BY_TASK.values() for f in fs} | {R.sudoku_solved_reward}, key=lambda f: f.__name__
+    {f for name in BUILTIN_TASKS for f in get_task(name).reward_funcs} | {sudoku_solved_reward},
+    key=lambda f: f.__name__,
 )
 
 
@@ -78,15 +84,15 @@ def test_degenerate_long_completions_are_fast(text):
 
 @pytest.mark.parametrize("completion", [None, 12, [], [{"role": "assistant"}], {"content": 3}, [{"content": None}]])
 def test_odd_completion_objects_score_zero(completion):
-    for reward in (R.gsm8k_correctness_reward, R.countdown_reward, R.sudoku_cell_reward, R.xml_count_reward):
+    for reward in (gsm8k_correctness_reward, countdown_reward, sudoku_cell_reward, xml_count_reward):
         assert call(reward, [completion]) == [0.0]
 
 
 def test_missing_column_raises_clear_error():
     with pytest.raises(KeyError, match="answer"):
-        R.gsm8k_correctness_reward(["q"], ["<answer>1</answer>"])
+        gsm8k_correctness_reward(["q"], ["<answer>1</answer>"])
     with pytest.raises(ValueError, match="2 values for 1"):
-        R.countdown_reward(["q"], ["x"], numbers=[[1], [2]], target=[1, 2])
+        countdown_reward(["q"], ["x"], numbers=[[1], [2]], target=[1, 2])
 
 
 # ----------------------------------------------------------------------------- Countdown safety
@@ -121,21 +127,21 @@ def test_countdown_hostile_inputs_score_zero_quickly(template, tmp_path):
     expr = template.replace("{marker}", str(marker))
     for text in (wrap(expr), f"\\boxed{{{expr}}}", expr):
         start = time.perf_counter()
-        assert call(R.countdown_reward, [text]) == [0.0]
+        assert call(countdown_reward, [text]) == [0.0]
         assert time.perf_counter() - start < 1.0
     assert not marker.exists()
 
 
 def test_countdown_parser_evaluates_exactly():
-    assert R.evaluate_countdown("(1 + 2) * 3 - 4 / 2") == (7, [1, 2, 3, 4, 2])
-    assert R.evaluate_countdown("-(3 - 5)") == (2, [3, 5])
-    assert R.evaluate_countdown("1 / 3 * 3") == (1, [1, 3, 3])  # exact, no float error
-    assert R.evaluate_countdown("1 / (2 - 2)") is None
-    assert R.evaluate_countdown("2 3") is None
-    assert R.evaluate_countdown("(1 + 2") is None
-    assert R.evaluate_countdown("2 ** 3") is None and R.evaluate_countdown("2 * * 3") is None
-    assert R.evaluate_countdown("--3") == (3, [3])
-    assert R.evaluate_countdown("-" * 20 + "3") is None  # nesting bound
+    assert evaluate_countdown("(1 + 2) * 3 - 4 / 2") == (7, [1, 2, 3, 4, 2])
+    assert evaluate_countdown("-(3 - 5)") == (2, [3, 5])
+    assert evaluate_countdown("1 / 3 * 3") == (1, [1, 3, 3])  # exact, no float error
+    assert evaluate_countdown("1 / (2 - 2)") is None
+    assert evaluate_countdown("2 3") is None
+    assert evaluate_countdown("(1 + 2") is None
+    assert evaluate_countdown("2 ** 3") is None and evaluate_countdown("2 * * 3") is None
+    assert evaluate_countdown("--3") == (3, [3])
+    assert evaluate_countdown("-" * 20 + "3") is None  # nesting bound
 
 
 @pytest.mark.parametrize(
@@ -153,15 +159,15 @@ def test_countdown_parser_evaluates_exactly():
     ],
 )
 def test_countdown_verdicts(answer, expected):
-    assert call(R.countdown_reward, [wrap(answer)]) == [expected]
+    assert call(countdown_reward, [wrap(answer)]) == [expected]
 
 
 def test_countdown_division_and_latex_operators():
-    assert call(R.countdown_reward, [wrap("(6 \\div 4) \\times 2")], numbers=[6, 4, 2], target=3) == [1.0]
-    assert call(R.countdown_reward, [wrap("\\frac{6}{4} \\cdot 2")], numbers=[6, 4, 2], target=3) == [1.0]
-    assert call(R.countdown_reward, [wrap("10 / 3 + 1 + 1")], numbers=[10, 3, 1, 1], target=5) == [0.0]
-    assert call(R.countdown_reward, [wrap("92 / (1 + 1)")], numbers=[92, 1, 1], target=46) == [1.0]
-    assert call(R.countdown_reward, [wrap("2 ** 3 * 1")], numbers=[2, 3, 1], target=8) == [0.0]
+    assert call(countdown_reward, [wrap("(6 \\div 4) \\times 2")], numbers=[6, 4, 2], target=3) == [1.0]
+    assert call(countdown_reward, [wrap("\\frac{6}{4} \\cdot 2")], numbers=[6, 4, 2], target=3) == [1.0]
+    assert call(countdown_reward, [wrap("10 / 3 + 1 + 1")], numbers=[10, 3, 1, 1], target=5) == [0.0]
+    assert call(countdown_reward, [wrap("92 / (1 + 1)")], numbers=[92, 1, 1], target=46) == [1.0]
+    assert call(countdown_reward, [wrap("2 ** 3 * 1")], numbers=[2, 3, 1], target=8) == [0.0]
 
 
 # ----------------------------------------------------------------------------- GSM8K / MATH
@@ -184,7 +190,7 @@ def test_countdown_division_and_latex_operators():
     ],
 )
 def test_gsm8k_verdicts(completion, gold, expected):
-    assert call(R.gsm8k_correctness_reward, [completion], answer=gold) == [expected]
+    assert call(gsm8k_correctness_reward, [completion], answer=gold) == [expected]
 
 
 @pytest.mark.parametrize(
@@ -202,7 +208,7 @@ def test_gsm8k_verdicts(completion, gold, expected):
     ],
 )
 def test_math_verdicts(answer, gold, expected):
-    assert call(R.math_correctness_reward, [wrap(answer)], answer=gold) == [expected]
+    assert call(math_correctness_reward, [wrap(answer)], answer=gold) == [expected]
 
 
 def test_math_reward_off_main_thread_is_bounded():
@@ -210,9 +216,9 @@ def test_math_reward_off_main_thread_is_bounded():
 
     def work():
         start = time.perf_counter()
-        results["good"] = call(R.math_correctness_reward, [wrap("\\boxed{\\frac{2}{8}}")], answer="\\frac{1}{4}")
-        results["towers"] = call(R.math_correctness_reward, [wrap("\\boxed{9^{9^{9}}}"), wrap("2^{10000000}")])
-        results["fact"] = call(R.gsm8k_correctness_reward, [wrap("100000000!")], answer="5")
+        results["good"] = call(math_correctness_reward, [wrap("\\boxed{\\frac{2}{8}}")], answer="\\frac{1}{4}")
+        results["towers"] = call(math_correctness_reward, [wrap("\\boxed{9^{9^{9}}}"), wrap("2^{10000000}")])
+        results["fact"] = call(gsm8k_correctness_reward, [wrap("100000000!")], answer="5")
         results["seconds"] = [time.perf_counter() - start]
 
     thread = threading.Thread(target=work, daemon=True)
@@ -224,14 +230,14 @@ def test_math_reward_off_main_thread_is_bounded():
 
 
 def test_extraction_helpers():
-    assert R.extract_answer("a <answer> x </answer> b <answer>\n\\boxed{\\frac{1}{2}}\n</answer>") == "\\frac{1}{2}"
-    assert R.extract_answer("so \\boxed{4} and \\boxed{5}") == "5"
-    assert R.extract_answer("\\boxed{5") is None
-    assert R.extract_answer("total 3 then 7", last_number_fallback=True) == "7"
-    assert R.extract_xml_answer("<answer>\n42") == "42"
-    assert R.last_number("1,234 and 5,67") == "67"
-    assert R.parse_number("\\$1,000.50") == 1000.5 and R.parse_number("12 apples") is None
-    assert R.gsm8k_gold("steps\n#### 1,200") == "1200" and R.gsm8k_gold(7.0) == "7"
+    assert extract_answer("a <answer> x </answer> b <answer>\n\\boxed{\\frac{1}{2}}\n</answer>") == "\\frac{1}{2}"
+    assert extract_answer("so \\boxed{4} and \\boxed{5}") == "5"
+    assert extract_answer("\\boxed{5") is None
+    assert extract_answer("total 3 then 7", last_number_fallback=True) == "7"
+    assert extract_xml_answer("<answer>\n42") == "42"
+    assert last_number("1,234 and 5,67") == "67"
+    assert parse_number("\\$1,000.50") == 1000.5 and parse_number("12 apples") is None
+    assert gsm8k_gold("steps\n#### 1,200") == "1200" and gsm8k_gold(7.0) == "7"
 
 
 # ----------------------------------------------------------------------------- Sudoku and format
@@ -250,8 +256,8 @@ def test_sudoku_rewards():
         f"I think it is {solution}.": (1.0, 1.0),
     }
     for text, (cells, solved) in cases.items():
-        assert call(R.sudoku_cell_reward, [text]) == [pytest.approx(cells)], text
-        assert call(R.sudoku_solved_reward, [text]) == [solved], text
+        assert call(sudoku_cell_reward, [text]) == [pytest.approx(cells)], text
+        assert call(sudoku_solved_reward, [text]) == [solved], text
 
 
 def test_sudoku_alternative_valid_solution_counts():
@@ -259,25 +265,29 @@ def test_sudoku_alternative_valid_solution_counts():
     solution = "1234341221434321"
     alternative = "1234341243212143"
     puzzle = "".join(a if a == b else "0" for a, b in zip(solution, alternative))
-    assert R.is_valid_sudoku_solution(alternative, puzzle)
-    assert call(R.sudoku_solved_reward, [wrap(alternative)], puzzle=puzzle, solution=solution) == [1.0]
+    assert is_valid_sudoku_solution(alternative, puzzle)
+    assert call(sudoku_solved_reward, [wrap(alternative)], puzzle=puzzle, solution=solution) == [1.0]
 
 
 def test_format_rewards():
     good = wrap("18") + "<|eot_id|><|endoftext|>"
-    assert call(R.strict_format_reward, [good, "<reasoning>x</reasoning><answer>1</answer>"]) == [1.0, 0.0]
-    assert call(R.soft_format_reward, ["<reasoning>x</reasoning> <answer>1</answer>", "<answer>1</answer>"]) == [
+    assert call(strict_format_reward, [good, "<reasoning>x</reasoning><answer>1</answer>"]) == [1.0, 0.0]
+    assert call(soft_format_reward, ["<reasoning>x</reasoning> <answer>1</answer>", "<answer>1</answer>"]) == [
         1.0,
         0.0,
     ]
-    assert call(R.xml_count_reward, [good, good + "\ntrailing", "nothing"]) == [1.0, pytest.approx(0.992), 0.0]
-    assert call(R.int_answer_reward, [wrap("18"), wrap("18.5"), "18"]) == [1.0, 0.0, 0.0]
+    assert call(xml_count_reward, [good, good + "\ntrailing", "nothing"]) == [1.0, pytest.approx(0.992), 0.0]
+    assert call(int_answer_reward, [wrap("18"), wrap("18.5"), "18"]) == [1.0, 0.0, 0.0]
 
 
-def test_registry():
-    assert set(R.REWARDS_BY_TASK) == {"gsm8k", "math500", "countdown", "sudoku"}
-    for task, funcs in R.REWARDS_BY_TASK.items():
-        funcs2, weights = R.get_rewards(task)
-        assert funcs2 == funcs and len(weights) == len(funcs) and all(w > 0 for w in weights)
-    with pytest.raises(ValueError, match="unknown task"):
-        R.get_rewards("chess")
+def test_task_rewards_and_weights():
+    expected = {  # d1's recipes: correctness dominates, format shaping is small
+        "gsm8k": [(gsm8k_correctness_reward, 2.0), (int_answer_reward, 0.5), (strict_format_reward, 0.5),
+                  (soft_format_reward, 0.5), (xml_count_reward, 0.5)],
+        "math500": [(math_correctness_reward, 2.0), (soft_format_reward, 0.5), (xml_count_reward, 0.5)],
+        "countdown": [(countdown_reward, 1.0), (soft_format_reward, 0.25), (xml_count_reward, 0.25)],
+        "sudoku": [(sudoku_cell_reward, 1.0), (soft_format_reward, 0.25), (xml_count_reward, 0.25)],
+    }
+    for name, pairs in expected.items():
+        task = get_task(name)
+        assert list(zip(task.reward_funcs, task.reward_weights)) == pairs, name

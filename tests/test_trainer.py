@@ -1,11 +1,11 @@
 import pytest
 import torch
 from datasets import Dataset
+from tiny import build_tiny_model, build_tiny_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from dipod_trl import DiPODConfig, DiPODTrainer, losses
 from dipod_trl.likelihood import elbo_per_token
-from dipod_trl.tiny import build_tiny_model, build_tiny_tokenizer
 
 
 def digit_reward(prompts, completions, **kwargs):

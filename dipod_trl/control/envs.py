@@ -5,15 +5,38 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from .config import ConfigError
+
+SUGGESTED_ENVS = "Pendulum-v1, HalfCheetah-v5, Hopper-v5 or Walker2d-v5"
+
 
 def make_vec_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
-    """Synchronous vector env that resets finished sub-envs in the same step (final obs is in ``info``)."""
-    return gym.make_vec(
-        env_id,
-        num_envs=num_envs,
-        vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-    )
+    """Synchronous vector env that resets finished sub-envs in the same step (final obs is in ``info``).
+
+    Raises ``ConfigError`` for an unknown id, a missing simulator, or an action space that is not a bounded box.
+    """
+    try:
+        envs = gym.make_vec(
+            env_id,
+            num_envs=num_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+        )
+    except gym.error.Error as err:
+        raise ConfigError(f"cannot make env {env_id!r}: {err} (e.g. {SUGGESTED_ENVS})") from err
+    space = envs.single_action_space
+    problem = None
+    if not isinstance(space, gym.spaces.Box):
+        problem = (f"has a {type(space).__name__} action space, but flow policies need continuous actions "
+                   "(a gymnasium Box)")  # fmt: skip
+    elif not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+        problem = "has an unbounded action space; actions are scaled to the box bounds, so they must be finite"
+    elif not isinstance(envs.single_observation_space, gym.spaces.Box):
+        problem = f"has a {type(envs.single_observation_space).__name__} observation space; a flat Box is needed"
+    if problem:
+        envs.close()
+        raise ConfigError(f"env {env_id!r} {problem}: use a continuous-control env such as {SUGGESTED_ENVS}")
+    return envs
 
 
 def final_observations(obs: np.ndarray, info: dict) -> np.ndarray:

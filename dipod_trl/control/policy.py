@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .fpo import cfm_loss
+from .likelihood import flow_log_likelihood
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 
@@ -64,8 +65,12 @@ class FlowPolicy(nn.Module):
         return a
 
     def cfm_loss(self, obs: Tensor, act: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """Per-sample CFM loss (B,) on the given (t, eps) draws; see ``fpo.cfm_loss``."""
+        """CFM loss of each (t, eps) draw, shape (B, n); see ``fpo.cfm_loss``."""
         return cfm_loss(self.velocity, obs, act, t, eps)
+
+    def exact_log_prob(self, obs: Tensor, act: Tensor, ode_steps: int = 16) -> Tensor:
+        """Exact log-density (B,) of ``act`` under the flow ODE; see ``likelihood.flow_log_likelihood``."""
+        return flow_log_likelihood(self.velocity, obs, act, ode_steps)
 
 
 class GaussianPolicy(nn.Module):

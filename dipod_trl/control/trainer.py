@@ -1,7 +1,8 @@
-"""Rollouts, GAE critic and the PPO / FPO / FPO+DiPOD update loop.
+"""Rollouts, GAE critic, the PPO / FPO / FPO++ update loop, DiPOD (self-distillation at init and per update).
 
-Reading order: ``ControlTrainer.train`` -> ``collect`` (one on-policy batch) -> ``update`` (clipped surrogate epochs)
--> ``evaluate`` (deterministic episodes). ``run_experiment`` wires the trainer to CSV / PNG outputs.
+Reading order: ``ControlTrainer.train`` -> ``self_distill`` (optional, once) -> ``collect`` (one on-policy batch)
+-> ``update`` (clipped-surrogate epochs, exact-likelihood drift probe) -> ``evaluate`` (deterministic episodes).
+``run_experiment`` wires the trainer to CSV / PNG outputs.
 """
 
 from __future__ import annotations
@@ -61,31 +62,35 @@ class ControlTrainer:
         else:
             self.policy = GaussianPolicy(obs_dim, self.act_dim, cfg.hidden_sizes, cfg.activation, cfg.init_log_std)
         self.critic = Critic(obs_dim, cfg.hidden_sizes, cfg.activation)
-        self.params = [*self.policy.parameters(), *self.critic.parameters()]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=1e-5)
-        self.dipod_beta = cfg.dipod_beta if cfg.algo == "fpo_dipod" else 0.0
-        # Optional warm-up teacher: a frozen copy of the initial flow policy.
-        self.teacher = copy.deepcopy(self.policy).requires_grad_(False) if self.is_flow and cfg.distill_iters else None
+        self.optimizer = self._make_optimizer()
+        self.teacher: FlowPolicy | None = None  # set by self_distill: the frozen initial policy
+        # The drift probe draws its subsample from its own generator, so training is identical with or without it.
+        self._probe_gen = torch.Generator().manual_seed(cfg.seed + 12345)
 
         self.global_step = 0
+        self.distill_env_steps = 0
         raw_obs, _ = self.envs.reset(seed=cfg.seed)
         self.next_obs = self.obs_norm(raw_obs, update=True)
         self._ep_return = np.zeros(cfg.num_envs)
         self.train_returns: deque[float] = deque(maxlen=20)
         self._eval_envs = None
 
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = [*self.policy.parameters(), *self.critic.parameters()]
+        return torch.optim.Adam(params, lr=self.cfg.learning_rate, eps=1e-5)
+
     # ------------------------------------------------------------------ rollouts
     @torch.no_grad()
-    def collect(self, actor: nn.Module | None = None) -> Rollout:
-        """Step the vector env ``num_steps`` times with ``actor`` (default: the current policy)."""
-        cfg, actor = self.cfg, self.policy if actor is None else actor
+    def collect(self) -> Rollout:
+        """Step the vector env ``num_steps`` times with the current policy."""
+        cfg = self.cfg
         T, N = cfg.num_steps, cfg.num_envs
         obs_buf = torch.zeros(T, N, self.next_obs.shape[-1])
         act_buf = torch.zeros(T, N, self.act_dim)
         rew_buf, done_buf, val_buf = torch.zeros(T, N), torch.zeros(T, N), torch.zeros(T, N)
         for step in range(T):
             obs = torch.from_numpy(self.next_obs)
-            act = actor.sample(obs)
+            act = self.policy.sample(obs)
             obs_buf[step], act_buf[step], val_buf[step] = obs, act, self.critic(obs)
 
             raw_obs, reward, term, trunc, info = self.envs.step(self.act_scaler(act.numpy()))
@@ -102,8 +107,7 @@ class ControlTrainer:
         ro = Rollout(obs_buf, act_buf, rew_buf, done_buf, val_buf, self.critic(torch.from_numpy(self.next_obs)))
         flat_obs, flat_act = obs_buf.flatten(0, 1), act_buf.flatten(0, 1)
         if self.is_flow:  # MC draws stored with the rollout: old and new CFM losses use identical (t, eps)
-            t, eps = draw_cfm_noise(T * N, cfg.n_mc, self.act_dim)
-            ro.cfm_t, ro.cfm_eps = t, eps
+            ro.cfm_t, ro.cfm_eps = draw_cfm_noise(T * N, cfg.n_mc, self.act_dim)
         else:
             ro.logp = self.policy.log_prob(flat_obs, flat_act)[0]
         return ro
@@ -114,48 +118,93 @@ class ControlTrainer:
             self.train_returns.append(float(self._ep_return[i]))
             self._ep_return[i] = 0.0
 
+    # ------------------------------------------------------------------ DiPOD at initialisation
+    def self_distill(self) -> dict[str, float]:
+        """The paper's DiPOD for control: fit the student actor to its own frozen initial copy, then reset.
+
+        A frozen copy of the initial flow policy (the teacher) acts in the envs; each of ``self_distill_iters``
+        gradient steps first collects ``self_distill_rollout_steps`` teacher steps per env, then trains only the
+        student actor on the CFM loss of a minibatch of (observation, teacher action) pairs, with its own AdamW and
+        gradient clipping. The critic is not touched. Afterwards the main optimizer is rebuilt (fresh state) and the
+        envs are reset, so FPO(++) starts unchanged. These env steps are counted in ``distill_env_steps`` only.
+        """
+        cfg, policy = self.cfg, self.policy
+        assert isinstance(policy, FlowPolicy), "self-distillation needs a flow policy"
+        self.teacher = copy.deepcopy(policy).requires_grad_(False).eval()
+        opt = torch.optim.AdamW(
+            policy.parameters(), lr=cfg.self_distill_lr, weight_decay=cfg.self_distill_weight_decay
+        )
+        keep = max(4 * cfg.self_distill_batch_size, 8 * cfg.self_distill_rollout_steps * cfg.num_envs)
+        all_obs, all_act = torch.zeros(0, self.next_obs.shape[-1]), torch.zeros(0, self.act_dim)
+        losses = []
+        for _ in range(cfg.self_distill_iters):
+            with torch.no_grad():
+                for _ in range(cfg.self_distill_rollout_steps):
+                    obs = torch.from_numpy(self.next_obs)
+                    act = self.teacher.sample(obs)
+                    all_obs, all_act = torch.cat([all_obs, obs])[-keep:], torch.cat([all_act, act])[-keep:]
+                    raw_obs, *_ = self.envs.step(self.act_scaler(act.numpy()))
+                    self.next_obs = self.obs_norm(raw_obs, update=True)
+                    self.distill_env_steps += cfg.num_envs
+            idx = torch.randperm(all_obs.shape[0])[: cfg.self_distill_batch_size]
+            t, eps = draw_cfm_noise(idx.numel(), cfg.n_mc, self.act_dim)
+            loss = policy.cfm_loss(all_obs[idx], all_act[idx], t, eps).mean()
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), cfg.self_distill_max_grad_norm)
+            opt.step()
+            losses.append(loss.item())
+        self.optimizer = self._make_optimizer()
+        raw_obs, _ = self.envs.reset(seed=cfg.seed + 1)
+        self.next_obs = self.obs_norm(raw_obs, update=True)
+        self._ep_return[:] = 0.0
+        return {"sd_loss_first": losses[0], "sd_loss_last": losses[-1], "sd_env_steps": self.distill_env_steps}
+
     # ------------------------------------------------------------------ updates
-    def update(self, ro: Rollout, distill: bool = False) -> dict[str, float]:
-        """Clipped-surrogate epochs on one batch. ``distill``: fit the (teacher's) batch actions by CFM only."""
+    def update(self, ro: Rollout) -> dict[str, float]:
+        """Clipped-surrogate epochs on one batch; for flow policies also the exact-likelihood drift probe."""
         cfg = self.cfg
         adv = gae(ro.rewards, ro.values, ro.dones, ro.last_value, cfg.gamma, cfg.gae_lambda)
         b_ret = (adv + ro.values).flatten()
         b_adv, b_obs, b_act = adv.flatten(), ro.obs.flatten(0, 1), ro.act.flatten(0, 1)
         stats: dict[str, list[float]] = {}
+        probe: dict[str, Tensor] = {}
         if self.is_flow:
             with torch.no_grad():
                 old_cfm = self.policy.cfm_loss(b_obs, b_act, ro.cfm_t, ro.cfm_eps)
-            stats["cfm_onpolicy"] = [old_cfm.mean().item()]
+            stats["cfm_onpolicy"], stats["cfm_draw_max"] = [old_cfm.mean().item()], [old_cfm.max().item()]
+            if cfg.drift_samples:
+                probe = self._probe_before(b_obs, b_act, ro, old_cfm)
 
         for _ in range(cfg.update_epochs):
             for idx in torch.randperm(cfg.batch_size).split(cfg.minibatch_size):
                 obs, act, mb_adv = b_obs[idx], b_act[idx], b_adv[idx]
                 if cfg.norm_adv:
                     mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                if not self.is_flow:
+                if self.is_flow:
+                    new_cfm = self.policy.cfm_loss(obs, act, ro.cfm_t[idx], ro.cfm_eps[idx])
+                    pg_loss, mb_stats = fpo_loss(
+                        new_cfm, old_cfm[idx], mb_adv, cfg.clip_coef, per_sample_ratio=cfg.per_sample_ratio,
+                        logratio_clamp_max=cfg.logratio_clamp_max, neg_adv_cfm_max=cfg.neg_adv_cfm_max,
+                        trust_region=cfg.trust_region, dipod_cfm=self._dipod_cfm(obs, act), dipod_beta=cfg.dipod_beta,
+                    )  # fmt: skip
+                else:
                     new_logp, entropy = self.policy.log_prob(obs, act)
                     pg_loss, mb_stats = gaussian_ppo_loss(
                         new_logp, ro.logp[idx], entropy, mb_adv, cfg.clip_coef, cfg.ent_coef
                     )
-                elif distill:
-                    pg_loss = self.policy.cfm_loss(obs, act, ro.cfm_t[idx], ro.cfm_eps[idx]).mean()
-                    mb_stats = {"distill_cfm": pg_loss.item()}
-                else:
-                    new_cfm = self.policy.cfm_loss(obs, act, ro.cfm_t[idx], ro.cfm_eps[idx])
-                    pg_loss, mb_stats = fpo_loss(
-                        new_cfm, old_cfm[idx], mb_adv, cfg.clip_coef, cfg.clip_logratio,
-                        self._dipod_cfm(obs, act), self.dipod_beta,
-                    )  # fmt: skip
                 v_loss = value_loss(self.critic(obs), b_ret[idx])
                 loss = pg_loss + cfg.vf_coef * v_loss
                 self.optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                nn.utils.clip_grad_norm_([*self.policy.parameters(), *self.critic.parameters()], cfg.max_grad_norm)
                 self.optimizer.step()
                 for k, v in {**mb_stats, "policy_loss": pg_loss.item(), "value_loss": v_loss.item()}.items():
                     stats.setdefault(k, []).append(v)
 
         out = {k: float(np.mean(v)) for k, v in stats.items()}
+        if probe:
+            out.update(self._probe_after(probe, ro))
         out["action_std"] = b_act.std(0).mean().item()
         out["action_clipfrac"] = (b_act.abs() > 1).float().mean().item()
         if not self.is_flow:
@@ -163,13 +212,41 @@ class ControlTrainer:
         return out
 
     def _dipod_cfm(self, obs: Tensor, act: Tensor) -> Tensor | None:
-        """CFM loss of on-policy actions with fresh (t, eps) draws: the DiPOD self-distillation term."""
-        if self.dipod_beta == 0.0:
+        """Per-update DiPOD term: CFM loss of on-policy actions with fresh (t, eps) draws."""
+        if self.cfg.dipod_beta == 0.0:
             return None
         if self.cfg.dipod_source == "current":
             act = self.policy.sample(obs)
         t, eps = draw_cfm_noise(obs.shape[0], self.cfg.n_mc, self.act_dim)
         return self.policy.cfm_loss(obs, act, t, eps)
+
+    # ------------------------------------------------------------------ exact-likelihood drift probe
+    def _probe_before(self, b_obs: Tensor, b_act: Tensor, ro: Rollout, old_cfm: Tensor) -> dict[str, Tensor]:
+        idx = torch.randperm(b_obs.shape[0], generator=self._probe_gen)[: self.cfg.drift_samples]
+        logp = self.policy.exact_log_prob(b_obs[idx], b_act[idx], self.cfg.drift_ode_steps)
+        return {"idx": idx, "obs": b_obs[idx], "act": b_act[idx], "logp": logp, "cfm": old_cfm[idx].mean(-1)}
+
+    @torch.no_grad()
+    def _probe_after(self, p: dict[str, Tensor], ro: Rollout) -> dict[str, float]:
+        """Gap between exact log pi and -L_cfm on on-policy actions, and how well FPO's log-ratio tracks the exact one.
+
+        ``likelihood_gap`` = mean(log pi_old(a) + L_old(a)) and ``gap_std`` its spread over actions (the FPO ratio is
+        exact only where the gap is the same for every action, before and after the update); ``ratio_err`` =
+        mean |(log pi_new - log pi_old) - (L_old - L_new)|; ``exact_kl`` = mean(log pi_old - log pi_new) (KL(old||new)).
+        """
+        logp_new = self.policy.exact_log_prob(p["obs"], p["act"], self.cfg.drift_ode_steps)
+        cfm_new = self.policy.cfm_loss(p["obs"], p["act"], ro.cfm_t[p["idx"]], ro.cfm_eps[p["idx"]]).mean(-1)
+        gap = p["logp"] + p["cfm"]
+        exact_lr, fpo_lr = logp_new - p["logp"], p["cfm"] - cfm_new
+        corr = torch.corrcoef(torch.stack([exact_lr, fpo_lr]))[0, 1] if exact_lr.numel() > 1 else torch.tensor(0.0)
+        return {
+            "logp_exact": p["logp"].mean().item(),
+            "likelihood_gap": gap.mean().item(),
+            "gap_std": gap.std().item() if gap.numel() > 1 else 0.0,
+            "ratio_err": (exact_lr - fpo_lr).abs().mean().item(),
+            "ratio_corr": corr.item(),
+            "exact_kl": -exact_lr.mean().item(),
+        }
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -188,16 +265,24 @@ class ControlTrainer:
         return float(returns.mean()), float(returns.std())
 
     # ------------------------------------------------------------------ main loop
-    def train(self, on_eval: Callable[[dict[str, Any]], None] | None = None, progress: bool = True) -> list[dict]:
-        """Run to ``total_timesteps``; evaluate every ``eval_every`` steps and at the end. Returns the eval rows."""
+    def train(
+        self,
+        on_eval: Callable[[dict[str, Any]], None] | None = None,
+        progress: bool = True,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> list[dict]:
+        """Optional self-distillation, then run to ``total_timesteps``; evaluate every ``eval_every`` steps and at
+        the end. Returns the eval rows (each with the stats of the latest update); ``on_update`` gets every update's
+        stats."""
         cfg = self.cfg
         num_iters = max(1, cfg.total_timesteps // cfg.batch_size)
         rows: list[dict[str, Any]] = []
         start, next_eval = time.time(), 0
+        sd_stats = self.self_distill() if self.is_flow and cfg.self_distill_iters > 0 else {}
+        stats: dict[str, float] = dict(sd_stats)
         bar = tqdm(
-            total=num_iters * cfg.batch_size, disable=not progress, desc=f"{cfg.algo} {cfg.env_id}", unit="step"
+            total=num_iters * cfg.batch_size, disable=not progress, desc=f"{cfg.method} {cfg.env_id}", unit="step"
         )
-        stats: dict[str, float] = {}
         for it in range(num_iters + 1):
             if self.global_step >= next_eval or it == num_iters:
                 ret, ret_std = self.evaluate()
@@ -213,27 +298,31 @@ class ControlTrainer:
                 break
             if cfg.anneal_lr:
                 self.optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - it / num_iters)
-            distill = self.teacher is not None and it < cfg.distill_iters
-            stats = self.update(self.collect(self.teacher if distill else None), distill=distill)
-            stats["phase_distill"] = float(distill)
+            stats = {**sd_stats, **self.update(self.collect())}
+            if on_update:
+                on_update({"step": self.global_step, **stats})
             bar.update(cfg.batch_size)
         bar.close()
         return rows
 
 
 def run_experiment(cfg: ControlConfig, progress: bool = True) -> list[dict[str, Any]]:
-    """Set the torch thread count, train, and (if ``cfg.output_dir``) write ``config.yaml``, ``progress.csv`` and
-    ``curve.png`` there."""
+    """Set the torch thread count, train, and (if ``cfg.output_dir``) write ``config.yaml``, ``progress.csv`` (per
+    evaluation), ``updates.csv`` (per update) and ``curve.png`` there."""
     from .report import CsvLogger, plot_run
 
     torch.set_num_threads(cfg.torch_threads)
-    logger = None
+    logger = update_logger = None
     if cfg.output_dir:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        logger = CsvLogger(out / "progress.csv")
-    rows = ControlTrainer(cfg).train(on_eval=logger.log if logger else None, progress=progress)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.validate().to_dict(), sort_keys=False))
+        logger, update_logger = CsvLogger(out / "progress.csv"), CsvLogger(out / "updates.csv")
+    rows = ControlTrainer(cfg).train(
+        on_eval=logger.log if logger else None,
+        progress=progress,
+        on_update=update_logger.log if update_logger else None,
+    )
     if cfg.output_dir:
-        plot_run(rows, Path(cfg.output_dir) / "curve.png", title=f"{cfg.algo} on {cfg.env_id} (seed {cfg.seed})")
+        plot_run(rows, Path(cfg.output_dir) / "curve.png", title=f"{cfg.method} on {cfg.env_id} (seed {cfg.seed})")
     return rows

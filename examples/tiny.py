@@ -1,7 +1,9 @@
-"""Tiny random diffusion LMs and a character tokenizer, built locally (no hub) for tests, smoke runs and the demo.
+"""Tiny random diffusion LMs and a character tokenizer, built locally (no hub) for smoke runs, the demo and tests.
 
-`python -m dipod_trl.tiny OUT_DIR [--arch modernbert|gemma3|llada|dream]` writes a model + tokenizer directory that
-`from_pretrained`, `DiPODTrainer(model="OUT_DIR", ...)` and the example scripts accept.
+`python examples/tiny.py OUT_DIR [--arch modernbert|gemma3|llada|dream]` writes a model + tokenizer directory that
+`from_pretrained`, `DiPODTrainer(model="OUT_DIR", ...)` and the example scripts accept; the example scripts'
+`--create_tiny_model true` (the `recipes/*/tiny_cpu.yaml` smoke runs) writes one on first use. Tests and benchmarks
+import it with `examples/` on `sys.path`.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def build_tiny_model(tokenizer, arch: str = "modernbert", hidden_size: int = 64,
         config.mask_token_id = tokenizer.mask_token_id
         model = Gemma3ForCausalLM(config)
     elif arch == "llada":  # the native LLaDA class (Llama, bidirectional), LLaDA's config fields
-        from .families import LLaDAConfig, LLaDAForDiffusionLM
+        from dipod_trl.families import LLaDAConfig, LLaDAForDiffusionLM
 
         config = LLaDAConfig(d_model=hidden_size, n_layers=num_layers, n_heads=4, n_kv_heads=4,
                              mlp_hidden_size=2 * hidden_size, embedding_size=vocab_size, max_sequence_length=1024,
@@ -93,7 +95,7 @@ def build_tiny_model(tokenizer, arch: str = "modernbert", hidden_size: int = 64,
                              attn_implementation="sdpa")
         model = LLaDAForDiffusionLM(config)
     elif arch == "dream":  # the native Dream class (Qwen2, bidirectional, shifted logits)
-        from .families import DreamConfig, DreamForDiffusionLM
+        from dipod_trl.families import DreamConfig, DreamForDiffusionLM
 
         config = DreamConfig(**common, num_key_value_heads=2, max_position_embeddings=1024,
                              mask_token_id=tokenizer.mask_token_id, attn_implementation="sdpa")

@@ -1,6 +1,6 @@
 """Offline CPU demo: does FPO's ELBO drift apart from the likelihood, and does DiPOD keep them together?
 
-`python -m dipod_trl.demo [--quick] [--stress] [--output_dir demo_out]` (`make demo`, `make demo QUICK=1`):
+`python examples/demo.py [--quick] [--stress] [--output_dir demo_out]` (`make demo`, `make demo QUICK=1`):
 
 1. builds a tiny bidirectional mask-predictor (ModernBERT, character tokenizer) and bootstraps it by masked-diffusion
    SFT on a generated verifiable task, reversing six digits (`"381902>"` -> `"209183"`), from answers with 30% of
@@ -28,17 +28,17 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from tiny import build_tiny_model, build_tiny_tokenizer  # examples/tiny.py
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 from trl.trainer.utils import pad
 
-from .config import DiPODConfig
-from .diagnostics import add_drift_diagnostics
-from .models import DiffusionLM
-from .sampler import diffusion_generate
-from .sft import masked_diffusion_sft
-from .tiny import build_tiny_model, build_tiny_tokenizer
-from .trainer import DiPODTrainer
+from dipod_trl.config import DiPODConfig
+from dipod_trl.diagnostics import add_drift_diagnostics
+from dipod_trl.models import DiffusionLM
+from dipod_trl.sampler import diffusion_generate
+from dipod_trl.sft import masked_diffusion_sft
+from dipod_trl.trainer import DiPODTrainer
 
 METHODS = {"FPO": 0.0, "FPO+DiPOD": 0.05}
 
