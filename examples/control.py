@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import typing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from dipod_trl.cli import debug_requested, user_errors
 from dipod_trl.control import ConfigError, ControlConfig, aggregate, load_config, run_experiment  # noqa: E402
 from dipod_trl.control.envs import make_vec_env  # noqa: E402
 
@@ -97,15 +97,12 @@ def _run(argv: list[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0 on success, 2 on bad input (one ``error:`` line on stderr, or the traceback when debugging)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("DIPOD_DEBUG", "").lower() not in ("", "0", "false", "no")
+    debug, argv = debug_requested(argv)
     try:
-        return _run(argv)
-    except (UsageError, ConfigError) as err:
-        if debug:
-            raise
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        with user_errors(debug, catch=(UsageError, ConfigError)):
+            return _run(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
 
 
 if __name__ == "__main__":
