@@ -85,14 +85,15 @@ def test_latest_without_checkpoints_starts_fresh_but_true_and_bad_paths_fail(tmp
         resolve_resume(str(tmp_path / "checkpoint-7"), str(tmp_path))
 
 
-def _script(out: Path, model_dir, *extra) -> list[str]:
+def _script(out: Path, model_dir, *extra, steps: int = 5) -> list[str]:
     return [sys.executable, str(ROOT / "examples/gsm8k.py"), "--config", RECIPE, "--model_name_or_path",
             str(model_dir), "--dataset_path", DATA, "--output_dir", str(out), "--save_strategy", "steps",
-            "--save_steps", "1", "--max_steps", "5", *extra]
+            "--save_steps", "1", "--max_steps", str(steps), *extra]
 
 
 def _history(out: Path) -> dict[int, dict]:
-    state = json.loads((out / "checkpoint-5" / "trainer_state.json").read_text())
+    last = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+    state = json.loads((out / f"checkpoint-{last}" / "trainer_state.json").read_text())
     return {h["step"]: h for h in state["log_history"] if "loss" in h}
 
 
@@ -108,9 +109,11 @@ def _same_run(a: Path, b: Path, steps) -> None:
 
 @pytest.mark.slow
 def test_kill_9_then_resume_latest_matches_an_uninterrupted_run(tmp_path, tiny_model_dir):
-    subprocess.run(_script(tmp_path / "full", tiny_model_dir), env=ENV, check=True, capture_output=True, cwd=ROOT)
+    steps = 8  # room to kill the run after checkpoint 2, even on a fast machine
+    subprocess.run(_script(tmp_path / "full", tiny_model_dir, steps=steps), env=ENV, check=True, capture_output=True,
+                   cwd=ROOT)
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_script(out, tiny_model_dir), env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_script(out, tiny_model_dir, steps=steps), env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not ((out / "checkpoint-2").is_dir() and not checkpoint_problems(str(out / "checkpoint-2"))):
@@ -119,14 +122,14 @@ def test_kill_9_then_resume_latest_matches_an_uninterrupted_run(tmp_path, tiny_m
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     last = int(Path(newest_complete_checkpoint(str(out))).name.split("-")[1])
-    assert 2 <= last < 5, last  # killed mid-run
-    if last + 1 < 5 and not (out / f"checkpoint-{last + 1}").exists():
+    assert 2 <= last < steps, last  # killed mid-run
+    if last + 1 < steps and not (out / f"checkpoint-{last + 1}").exists():
         # a newer, half-written checkpoint (as a kill during a save leaves it) must be passed over
         _truncate(_fake_checkpoint(out / f"checkpoint-{last + 1}") / "optimizer.pt")
-    resumed = subprocess.run(_script(out, tiny_model_dir, "--resume_from_checkpoint", "latest"), env=ENV,
-                             capture_output=True, text=True, cwd=ROOT)
+    resumed = subprocess.run(_script(out, tiny_model_dir, "--resume_from_checkpoint", "latest", steps=steps),
+                             env=ENV, capture_output=True, text=True, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _same_run(tmp_path / "full", out, steps=range(last + 1, 6))
+    _same_run(tmp_path / "full", out, steps=range(last + 1, steps + 1))
 
 
 @pytest.mark.distributed
