@@ -44,7 +44,7 @@ def release(task: str, run: str) -> dict:
     base = {"fpo": FPO, "spg": SPG, "diffu": DIFFU_GRPO}[run.split("_")[0]]
     values = dict(base, dipod_beta=0.05 if run.endswith("dipod") else 0.0)
     if run.startswith("fpo") and task in ("countdown", "sudoku"):
-        values["num_iterations"] = 8  # d1's per-task setting; the release's FPO sbatch files are not in its snapshot
+        values["num_iterations"] = 8  # the release's FPO sbatch files (`NUM_ITER`), checked below
     if run.startswith("spg") and task == "sudoku":
         values.update(spg_eubo_beta=1.0, per_device_train_batch_size=3, gradient_accumulation_steps=4, temperature=0.3)
     return values
@@ -102,3 +102,15 @@ def test_table_matches_the_release_files():
         assert float(spg[theirs]) == pytest.approx(SPG[ours]), ours
     assert spg["forward_type"] == "block_random" and spg["logp_estimation"] == "mix" and spg["use_mask_prompt"] is True
     assert float(spg["dipod_beta"]) == 0.05 and spg["random_masking"] is True
+
+
+@pytest.mark.skipif(not MIRROR.exists(), reason="no local mirror of the release")
+@pytest.mark.parametrize("task", TASKS)
+def test_fpo_runs_match_the_release_sbatch_files(task):
+    """`language/d1/diffu-grpo/slurm_scripts/<task>_base_dipod_beta{0,0.05}.sbatch`: inner iterations and DiPOD beta."""
+    name = {"gsm8k": "gsm", "math500": "math"}.get(task, task)
+    for beta, run in (("0", "fpo"), ("0.05", "fpo_dipod")):
+        script = _show(f"language/d1/diffu-grpo/slurm_scripts/{name}_base_dipod_beta{beta}.sbatch")
+        recipe = yaml.safe_load((RECIPES / task / f"{run}.yaml").read_text())
+        assert recipe["num_iterations"] == int(re.search(r"NUM_ITER=(\d+)", script).group(1)), (task, run)
+        assert float(recipe["dipod_beta"]) == float(re.search(r"--dipod_beta (\S+)", script).group(1)), (task, run)
