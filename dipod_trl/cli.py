@@ -15,12 +15,11 @@ from contextlib import contextmanager
 DEBUG_ENV = "DIPOD_DEBUG"
 
 
-def debug_requested(argv: Sequence[str] | None) -> tuple[bool, list[str] | None]:
-    """(`--debug` given or `DIPOD_DEBUG` set, argv without `--debug`). `argv=None` reads `sys.argv[1:]`."""
+def debug_requested(argv: Sequence[str] | None) -> tuple[bool, list[str]]:
+    """(`--debug` given or `DIPOD_DEBUG` set, the arguments without `--debug`). `argv=None` reads `sys.argv[1:]`."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
-    cleaned = [a for a in args if a != "--debug"]
-    return debug, (cleaned if argv is not None or "--debug" in args else None)
+    return debug, [a for a in args if a != "--debug"]
 
 
 def one_line(error: BaseException) -> str:

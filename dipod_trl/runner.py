@@ -135,7 +135,7 @@ def cli(task: str | Task | None = None, tiny_model_builder: Callable[[str], obje
     where this machine can (CUDA), and otherwise says why and names the offline command."""
     debug, argv = debug_requested(None)
     with user_errors(debug):
-        if recipes is not None and not (argv if argv is not None else sys.argv[1:]):
+        if recipes is not None and not argv:
             argv = headline_arguments(Path(recipes), sys.argv[0])
         trainer, training_args, write_checksums = build_trainer(task, argv, None, tiny_model_builder)
     with user_errors(debug, catch=(CheckpointError, NonFiniteTrainingError)):  # other failures keep the traceback

@@ -211,8 +211,8 @@ class DiPODTrainer(GRPOTrainer):
             logs["guard/skipped_updates"] = float(self.guard.skipped)
             if self.blank_prompts.skipped:
                 logs["data/skipped_blank_prompts"] = float(self.blank_prompts.skipped)
-            if math_verify_timeouts():
-                logs["rewards/math_verify_timeouts"] = float(math_verify_timeouts())
+            if timeouts := math_verify_timeouts():
+                logs["rewards/math_verify_timeouts"] = float(timeouts)
         super().log(logs, start_time)
 
     def _longest_prompt(self, dataset, limit: int = 50_000) -> int:

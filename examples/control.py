@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     debug, argv = debug_requested(argv)
     try:
         with user_errors(debug, catch=(UsageError, ConfigError)):
-            return _run(list(sys.argv[1:] if argv is None else argv))
+            return _run(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
 
