@@ -15,6 +15,7 @@ from typing import Any
 from datasets import Dataset
 
 from .. import data
+from . import math_verify_worker
 from .base import RewardFunc, Task, make_prompt, per_completion_reward, reward_column
 from .formats import MATH_INSTRUCTION, soft_format_reward, strict_format_reward, xml_count_reward
 from .parsing import MathVerifyUnavailable, extract_answer, last_number, math_equal, parse_number
@@ -96,6 +97,7 @@ class GSM8K(Task):
         return load_gsm8k(split=split, path=path)
 
     def rewards(self) -> list[tuple[RewardFunc, float]]:
+        math_verify_worker.start()  # warm by the time the first completions are scored
         return [(gsm8k_correctness_reward, 2.0), (int_answer_reward, 0.5), (strict_format_reward, 0.5),
                 (soft_format_reward, 0.5), (xml_count_reward, 0.5)]
 

@@ -12,6 +12,7 @@ from typing import Any
 from datasets import Dataset
 
 from .. import data
+from . import math_verify_worker
 from .base import RewardFunc, Task, make_prompt, per_completion_reward, reward_column
 from .formats import MATH_INSTRUCTION, soft_format_reward, xml_count_reward
 from .parsing import MathVerifyUnavailable, extract_answer, last_boxed, math_equal
@@ -65,6 +66,7 @@ class Math500(Task):
         return load_math500(path=path)
 
     def rewards(self) -> list[tuple[RewardFunc, float]]:
+        math_verify_worker.start()  # warm by the time the first completions are scored
         return [(math_correctness_reward, 2.0), (soft_format_reward, 0.5), (xml_count_reward, 0.5)]
 
     def item_fields(self, row: dict[str, Any]) -> dict[str, Any]:

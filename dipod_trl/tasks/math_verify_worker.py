@@ -165,7 +165,7 @@ class _Worker:
                 self.stop()
                 raise MathVerifyUnavailable(
                     f"the math-verify worker ({sys.executable} {__file__}) did not start ({e}); see its error above. "
-                    "Check that `python -c 'import math_verify'` works (pip install 'math-verify[antlr4_13_2]')."
+                    "Check that `python -c 'import math_verify'` works (pip install math-verify antlr4-python3-runtime==4.13.2)."
                 ) from e
             self.ready = True
         return self.proc
@@ -221,6 +221,15 @@ _timeout_s = _checked_timeout(os.environ.get("DIPOD_MATH_VERIFY_TIMEOUT", DEFAUL
 if _SUPPORTED and __name__ != "__main__":
     os.register_at_fork(after_in_child=_WORKER.after_fork)
     atexit.register(_WORKER.stop)
+
+
+def start() -> None:
+    """Start this process's worker in the background, without waiting: the tasks call it when their rewards are
+    set up, so the first check of a run does not pay the worker's start-up (about 1 s) on top of its deadline."""
+    if _SUPPORTED:
+        with _WORKER.lock:
+            if _WORKER.proc is None or _WORKER.proc.poll() is not None:
+                _WORKER.spawn()
 
 
 def set_timeout(seconds: float) -> float:

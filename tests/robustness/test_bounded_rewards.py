@@ -111,3 +111,29 @@ def test_a_stuck_worker_is_killed_replaced_and_counted():
     assert math_verify_timeouts() == before + 1 and stuck.poll() is not None  # killed
     assert math_correctness_reward(["q"], [wrap("0.25")], answer=["\\frac{1}{4}"]) == [1.0]  # the replacement
     assert worker._WORKER.proc.pid != stuck.pid
+
+
+FIRST_CALL = """
+import json, sys, time
+from dipod_trl.tasks import get_task
+task = get_task(sys.argv[1])
+reward = task.reward_funcs[0]        # setting up the task's rewards starts the worker in the background
+time.sleep(3.0)                       # what generating the first completions takes, at least
+start = time.perf_counter()
+scores = reward(["q"], [sys.argv[2]], answer=["5"])
+print(json.dumps({"seconds": time.perf_counter() - start, "scores": scores}))
+"""
+
+
+@pytest.mark.parametrize("task", ["math500", "gsm8k"])
+def test_the_first_hostile_answer_of_a_run_is_bounded_too(task):
+    """In a fresh process: a task's rewards start the worker, so the first check does not pay its start-up."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", FIRST_CALL, task, wrap(HOSTILE[0])], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["scores"] == [0.0] and result["seconds"] < BOUND_S, result
