@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/bench_performance.py $(if $(QUICK),--quick,)
+	$(PYTHON) benchmarks/bench_blocks.py $(if $(QUICK),--quick,)
 
 bench-estimators: $(STAMP)
 	$(PYTHON) benchmarks/bench_estimators.py $(if $(QUICK),--quick,)

@@ -11,6 +11,7 @@ from trl import GRPOConfig
 
 from .estimators import MASKINGS
 from .likelihood import AFTER_EOS
+from .sampler import default_block_length
 
 LIKELIHOOD_ESTIMATORS = ("elbo", "one_step", "spg")
 REMASKING = ("low_confidence", "random")
@@ -91,9 +92,19 @@ class DiPODConfig(GRPOConfig):
         > the ELBO ratio is the model's, whatever sampler produced the completions)
 
         diffusion_steps (`int` or `None`, *optional*, defaults to `None`):
-            Denoising steps for a whole completion. `None` uses `max_completion_length // 2`, as the paper's runs.
-        block_length (`int`, *optional*, defaults to `32`):
-            Semi-autoregressive block length; `max_completion_length` must be a multiple of it.
+            Denoising steps for a whole completion. `None` uses `max_completion_length // 2`, as the paper's runs
+            (at least one per block). Full-attention models: a multiple of the number of blocks, split evenly.
+            Block-diffusion models: read per block, `diffusion_steps // ceil(max_completion_length / block_length)`
+            steps for every generated block, clamped to `1..block_length` (a block whose prompt tail pushes the
+            completion into one more block gets as many).
+        block_length (`int` or `None`, *optional*, defaults to `None`):
+            Semi-autoregressive block length. `None`: the trained block size of a block-diffusion model (SDAR 4,
+            LLaDA2 32; any other value is refused, since it would change the model's attention pattern), else 32, or
+            `max_completion_length` when that is shorter. Full-attention models (and any block_length set
+            explicitly, checked before the model is known): `max_completion_length` must be a multiple of it.
+            Block-diffusion models with block_length unset: `max_completion_length` may end inside a block (shorter
+            than one, or not a multiple); the sampler generates that block whole and keeps the first
+            `max_completion_length` tokens, and the likelihood scores the partial last block as it is kept.
         remasking (`str`, *optional*, defaults to `"low_confidence"`):
             Which masked tokens are revealed at each step: the most confident (`"low_confidence"`, LLaDA's default)
             or uniformly random ones (`"random"`).
@@ -103,10 +114,12 @@ class DiPODConfig(GRPOConfig):
             Parallel decoding (Fast-dLLM): each step reveals every masked token of the block whose confidence
             reaches this value, at least one per row, until the block is done; `diffusion_steps` is then unused.
             `None` keeps the exact fixed schedule. Fast-dLLM uses 0.9.
-        kv_cache (`str`, *optional*, defaults to `"none"`):
-            Cache the keys/values outside the active block (native LLaDA/Dream only): `"prefix"` (prompt and finished
-            blocks) or `"dual"` (also the masked blocks after it). Refreshed at block boundaries and every
-            `kv_cache_refresh` steps. An approximation under bidirectional attention, hence off by default.
+        kv_cache (`str` or `None`, *optional*, defaults to `None`):
+            Cache the keys/values outside the active block. Full-attention models (native LLaDA/Dream only):
+            `"prefix"` (prompt and finished blocks) or `"dual"` (also the masked blocks after it), refreshed at block
+            boundaries and every `kv_cache_refresh` steps; an approximation under bidirectional attention, so `None`
+            means `"none"` for them. Block-diffusion models: the cache of the prompt and finished blocks is exact, so
+            `None` means `"prefix"`; `"none"` recomputes them at every step (same tokens, slower).
         kv_cache_refresh (`int`, *optional*, defaults to `0`):
             Also refresh the cache every this many steps inside a block (`0`: only at block boundaries).
         stop_at_eos (`bool`, *optional*, defaults to `True`):
@@ -197,7 +210,9 @@ class DiPODConfig(GRPOConfig):
     diffusion_steps: int | None = field(
         default=None, metadata={"help": "Denoising steps per completion (None: max_completion_length // 2)."}
     )
-    block_length: int = field(default=32, metadata={"help": "Semi-autoregressive block length."})
+    block_length: int | None = field(
+        default=None, metadata={"help": "Semi-autoregressive block length (None: the model's trained block size, or 32)."}
+    )
     remasking: str = field(
         default="low_confidence",
         metadata={"help": "Remasking strategy: 'low_confidence' or 'random'.", "choices": list(REMASKING)},
@@ -206,9 +221,10 @@ class DiPODConfig(GRPOConfig):
     decoding_threshold: float | None = field(
         default=None, metadata={"help": "Parallel decoding: reveal every token at least this confident (None: exact)."}
     )
-    kv_cache: str = field(
-        default="none", metadata={"help": "KV cache outside the active block: 'none', 'prefix' or 'dual'.",
-                                  "choices": ["none", "prefix", "dual"]}
+    kv_cache: str | None = field(
+        default=None, metadata={"help": "KV cache outside the active block: 'none', 'prefix' or 'dual' (None: exact "
+                                "prefix cache for block-diffusion models, none otherwise).",
+                                "choices": [None, "none", "prefix", "dual"]}
     )
     kv_cache_refresh: int = field(default=0, metadata={"help": "Refresh the KV cache every N steps (0: per block)."})
     stop_at_eos: bool = field(default=True, metadata={"help": "Stop sampling once every row has an EOS."})
@@ -262,7 +278,7 @@ class DiPODConfig(GRPOConfig):
             raise ValueError(f"elbo_samples must be >= 1, got {self.elbo_samples}.")
         if self.dipod_elbo_samples < 1:
             raise ValueError(f"dipod_elbo_samples must be >= 1, got {self.dipod_elbo_samples}.")
-        if self.kv_cache not in ("none", "prefix", "dual"):
+        if self.kv_cache not in (None, "none", "prefix", "dual"):
             raise ValueError(f"kv_cache must be 'none', 'prefix' or 'dual', got {self.kv_cache!r}.")
         if self.kv_cache_refresh < 0:
             raise ValueError(f"kv_cache_refresh must be >= 0, got {self.kv_cache_refresh}.")
@@ -280,19 +296,8 @@ class DiPODConfig(GRPOConfig):
             raise ValueError(f"dipod_beta must be >= 0, got {self.dipod_beta}.")
         if self.max_completion_length is None:
             raise ValueError("max_completion_length must be set: a diffusion LM generates a fixed-length canvas.")
-        if self.block_length < 1 or self.max_completion_length % self.block_length != 0:
-            raise ValueError(
-                f"max_completion_length ({self.max_completion_length}) must be a positive multiple of block_length "
-                f"({self.block_length}); change one of them."
-            )
-        if self.diffusion_steps is None:
-            self.diffusion_steps = max(self.max_completion_length // 2, 1)
-        num_blocks = self.max_completion_length // self.block_length
-        if self.diffusion_steps % num_blocks != 0:
-            raise ValueError(
-                f"diffusion_steps ({self.diffusion_steps}) must be a multiple of the number of blocks "
-                f"({num_blocks} = max_completion_length / block_length)."
-            )
+        if self.block_length is not None:
+            self.resolve_blocks(None)
         if self.use_vllm or self.use_transformers_continuous_batching:
             raise ValueError(
                 "vLLM and continuous batching generate autoregressively; DiPODTrainer samples with its own diffusion "
@@ -300,6 +305,40 @@ class DiPODConfig(GRPOConfig):
             )
         if self.top_entropy_quantile < 1.0:
             raise ValueError("top_entropy_quantile < 1 is not supported for diffusion LMs; leave it at 1.0.")
+
+
+    def resolve_blocks(self, model_block_size: int | None) -> None:
+        """Settle `block_length` and `diffusion_steps` once the model is known (`model_block_size`: its trained block
+        size, `None` for full attention). Full attention refuses combinations that do not divide; a block-diffusion
+        model takes any `max_completion_length` and reads `diffusion_steps` per block (see the class docstring)."""
+        if model_block_size is not None:
+            if self.block_length not in (None, model_block_size):
+                raise ValueError(
+                    f"block_length={self.block_length}, but this block-diffusion model was trained with blocks of "
+                    f"{model_block_size} tokens, which fix its attention pattern. Leave block_length unset (or set "
+                    f"{model_block_size}).")
+            self.block_length = model_block_size
+            num_blocks = -(-self.max_completion_length // model_block_size)
+            if self.diffusion_steps is None:
+                self.diffusion_steps = max(self.max_completion_length // 2, num_blocks)
+            if self.diffusion_steps < 1:
+                raise ValueError(f"diffusion_steps must be >= 1, got {self.diffusion_steps}.")
+            return
+        if self.block_length is None:
+            self.block_length = default_block_length(None, self.max_completion_length)
+        if self.block_length < 1 or self.max_completion_length % self.block_length != 0:
+            raise ValueError(
+                f"max_completion_length ({self.max_completion_length}) must be a positive multiple of block_length "
+                f"({self.block_length}); change one of them."
+            )
+        num_blocks = self.max_completion_length // self.block_length
+        if self.diffusion_steps is None:
+            self.diffusion_steps = max(self.max_completion_length // 2, num_blocks)
+        if self.diffusion_steps % num_blocks != 0:
+            raise ValueError(
+                f"diffusion_steps ({self.diffusion_steps}) must be a multiple of the number of blocks "
+                f"({num_blocks} = max_completion_length / block_length)."
+            )
 
 
 # Knobs that must be >= 0 (all float knobs must also be finite); temperature 0 is greedy decoding.

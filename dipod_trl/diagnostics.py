@@ -12,6 +12,10 @@ same quantity). Their difference is `KL(uniform(sigma) || p(sigma | x))` with
 `p(sigma | x) ~ w_sigma(x)`: zero iff every order gives the same likelihood, i.e. iff the conditionals are those of
 one joint distribution. RL on the ELBO can drive the two apart; this module measures it:
 
+Block-diffusion models: an order is a random order inside each block, blocks in sequence, and `w_sigma(x)` is the
+product over blocks of each block's sequential unmasking given the prompt and the clean blocks before it (the block
+ELBO is `E_sigma[log w_sigma(x)]` again). All blocks are unmasked in parallel: `block_size` forwards per probe.
+
 - `drift/elbo`: the Monte-Carlo ELBO, `elbo_per_token` with `elbo_samples` fixed-seed masks, summed over the
   completion (nats per sequence, mean over the probe sequences).
 - `drift/loglik`: the importance-weighted bound with `K = num_orders` uniformly random orders as proposals,
@@ -47,27 +51,26 @@ from transformers import Trainer, TrainerCallback
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
-from .estimators import STREAM_DIAGNOSTICS, hashed_uniform, sample_seeds
-from .likelihood import elbo_per_token, masked_token_logps
+from .estimators import STREAM_DIAGNOSTICS, hashed_uniform, ranks_within, sample_seeds
+from .likelihood import completion_logps, completion_segments, elbo_per_token
 from .models import DiffusionLM
 from .sampler import diffusion_generate
 
 ORDER_OFFSET = 1 << 20  # order k uses sample index ORDER_OFFSET + k of the diagnostics stream (the ELBO uses 0, 1, ..)
 
 
-def order_ranks(seeds: torch.Tensor, completion_mask: torch.Tensor, num_orders: int) -> torch.Tensor:
+def order_ranks(seeds: torch.Tensor, completion_mask: torch.Tensor, num_orders: int,
+                segments: torch.Tensor | None = None) -> torch.Tensor:
     """Ranks `(K, B, C)`: position `i` of row `b` is revealed at step `rank[k, b, i]` of order `k`.
 
-    Orders are uniformly random permutations of the valid positions, a pure function of `(seeds[b], k)`; padding
-    positions get ranks `>= L_b` (never revealed, never scored).
+    Orders are uniformly random permutations of the valid positions (within each block, given `segments`), a pure
+    function of `(seeds[b], k)`; padding positions get ranks `>= L_b` (never revealed, never scored).
     """
     valid = completion_mask.bool()
-    cols = torch.arange(valid.size(1), device=valid.device).expand_as(valid).contiguous()
     ranks = []
     for k in range(num_orders):
         u = hashed_uniform(seeds, STREAM_DIAGNOSTICS, ORDER_OFFSET + k, valid.size(1)).masked_fill(~valid, 2.0)
-        order = u.argsort(dim=-1, stable=True)
-        ranks.append(torch.empty_like(order).scatter_(-1, order, cols))
+        ranks.append(ranks_within(u, valid, segments))
     return torch.stack(ranks)
 
 
@@ -84,24 +87,24 @@ def order_log_weights(
 ) -> torch.Tensor:
     """`log w_sigma_k(x)` `(K, B)`: exact sequential unmasking of each completion along `K` seeded random orders.
 
-    Step `n` reveals the tokens of rank `< n` and scores the token of rank `n`: `L` forwards of `K * B` rows.
+    Step `n` reveals the tokens of rank `< n` and scores the token of rank `n` (in every block at once for
+    block-diffusion models): `L` (or `block_size`) forwards of `K * B` rows.
     """
     c = completion_length
-    completion_ids = input_ids[:, -c:]
     valid = attention_mask[:, -c:].bool()
-    ranks = order_ranks(seeds, valid, num_orders).flatten(0, 1)  # row k * B + b
+    segments = completion_segments(adapter, attention_mask, c)
+    ranks = order_ranks(seeds, valid, num_orders, segments).flatten(0, 1)  # row k * B + b
     rows_ids, rows_attn = input_ids.repeat(num_orders, 1), attention_mask.repeat(num_orders, 1)
-    targets, rows_valid = completion_ids.repeat(num_orders, 1), valid.repeat(num_orders, 1)
+    rows_valid = valid.repeat(num_orders, 1)
     log_w = torch.zeros(rows_ids.size(0), device=input_ids.device)
-    for n in range(int(valid.sum(dim=1).max()) if valid.numel() else 0):
+    steps = int((ranks.masked_fill(~rows_valid, -1)).max()) + 1 if valid.any() else 0
+    for n in range(steps):
         score = (ranks == n) & rows_valid
         active = score.any(dim=1)
-        noisy = rows_ids[active].clone()
-        noisy[:, -c:] = targets[active].masked_fill((ranks[active] >= n) & rows_valid[active], adapter.mask_token_id)
-        logps, _ = masked_token_logps(
-            model, adapter, noisy, rows_attn[active], targets[active], score[active], batch_size=batch_size
-        )
-        log_w[active] += logps.sum(dim=1)
+        noise = (ranks[active] >= n) & rows_valid[active]
+        logps, _ = completion_logps(model, adapter, rows_ids[active], rows_attn[active], c, noise.unsqueeze(0),
+                                    score[active].unsqueeze(0), batch_size=batch_size)
+        log_w[active] += logps[0].sum(dim=1)
     return log_w.view(num_orders, -1)
 
 

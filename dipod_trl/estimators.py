@@ -31,6 +31,14 @@ Schemes (`draw_masks(name, ...)`):
   `ELBO / L` is SPG's per-token average over masked tokens. (The release also masks everything after the
   completion: `eos_convention(after_eos="masked")` in `dipod_trl.likelihood`.)
 
+Blocks (`segments`): for a block-diffusion LM the ELBO is a sum over blocks, `sum_b E[(L_b / k_b) sum_{i in M_b}
+log p(x_i | x, y_<b, noised y_b)]`. Given `segments (B, C)` (the block of each completion position), `uniform`,
+`stratified` and `antithetic` draw `k_b` and `M_b` independently in every block (the block's own uniform and
+order, from the same seed), and the weights become per-token `(S, B, C)`: `L_b / k_b` of the token's block.
+`quadrature` masks are per-token Bernoulli draws already, so blocks change nothing. `block_random` (SPG's
+canvas-level scheme) has no meaning for block-causal models and is refused. Without segments, everything is
+exactly the full-sequence scheme (one block).
+
 Coupled randomness: every random draw is a counter-based hash of `(seed of the sample, stream, index)`, so the
 old, reference and current estimates of one rollout see identical masks wherever and in whatever batch the sample
 is evaluated (shuffled, split for gradient accumulation, reused for several iterations, on another rank).
@@ -121,48 +129,98 @@ def _k_from_level(u: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
     return (1 + (u * length.double()).floor().long()).clamp(max=length.clamp(min=1))
 
 
-def uniform_masks(seeds: torch.Tensor, valid: torch.Tensor, num_samples: int, stream: int = STREAM_ELBO) -> MaskDraw:
-    """Plain Monte Carlo: `k ~ U{1..L}`, then a uniform subset of `k` valid positions; weight `L / k`."""
-    length = _lengths(valid)
+class _Segments(NamedTuple):
+    """Each completion position's segment (block) as a column `0..n-1` of per-segment draws, and segment lengths."""
+
+    index: torch.Tensor  # (B, C) long
+    count: int  # n: columns of per-segment draws
+    length: torch.Tensor  # (B, C): valid positions in the position's segment
+
+    def level(self, seeds: torch.Tensor, stream: int, sample: int) -> torch.Tensor:
+        """One uniform per segment, read at every position `(B, C)` (segment 0 reads the full-sequence draw)."""
+        return hashed_uniform(seeds, stream, sample, self.count).gather(1, self.index)
+
+    def ranks(self, scores: torch.Tensor) -> torch.Tensor:
+        """Rank of each position among the positions of its segment, by score (0 = smallest)."""
+        if self.count == 1:
+            return ranks_of(scores)
+        keyed = self.index.double() * 4.0 + scores  # scores < 4: segments stay apart, in order
+        start = torch.zeros_like(self.index).scatter_add_(1, self.index, torch.ones_like(self.index))
+        start = (start.cumsum(1) - start).gather(1, self.index)  # positions in earlier segments
+        return ranks_of(keyed) - start
+
+
+def _segments(valid: torch.Tensor, segments: torch.Tensor | None) -> _Segments:
+    if segments is None:
+        index = torch.zeros_like(valid, dtype=torch.long)
+    else:
+        index = segments.long() - segments.long().min(dim=1, keepdim=True).values
+    count = int(index.max()) + 1 if index.numel() else 1
+    length = torch.zeros_like(index).scatter_add_(1, index, valid.long()).gather(1, index)
+    return _Segments(index, count, length)
+
+
+def _weights(length: torch.Tensor, k: torch.Tensor, per_token: bool) -> torch.Tensor:
+    """`L / k` per position `(B, C)`, or per row `(B,)` for one segment (the full-sequence schemes)."""
+    w = _inverse_rate(length, k)
+    return w if per_token else w.max(dim=1).values if w.size(1) else w.sum(1)
+
+
+def uniform_masks(seeds: torch.Tensor, valid: torch.Tensor, num_samples: int, stream: int = STREAM_ELBO,
+                  segments: torch.Tensor | None = None) -> MaskDraw:
+    """Plain Monte Carlo: `k ~ U{1..L}`, then a uniform subset of `k` valid positions; weight `L / k` (per block
+    with `segments`)."""
+    seg = _segments(valid, segments)
     masks, weights = [], []
     for s in range(num_samples):
-        k = _k_from_level(hashed_uniform(seeds, stream, 2 * s, 1)[:, 0], length)
-        masks.append(rank_select(_positions(seeds, stream, 2 * s + 1, valid), k) & valid)
-        weights.append(_inverse_rate(length, k))
+        k = _k_from_level(seg.level(seeds, stream, 2 * s), seg.length)
+        masks.append((seg.ranks(_positions(seeds, stream, 2 * s + 1, valid)) < k) & valid)
+        weights.append(_weights(seg.length, k, segments is not None))
     return MaskDraw(torch.stack(masks), torch.stack(weights).float(), None)
 
 
-def stratified_masks(seeds: torch.Tensor, valid: torch.Tensor, num_samples: int, stream: int = STREAM_ELBO) -> MaskDraw:
+def stratified_masks(seeds: torch.Tensor, valid: torch.Tensor, num_samples: int, stream: int = STREAM_ELBO,
+                     segments: torch.Tensor | None = None) -> MaskDraw:
     """Stratified noise levels: copy `s` takes `u` in the `s`-th of `S` equal strata of (0, 1); unbiased."""
-    length = _lengths(valid)
+    seg = _segments(valid, segments)
     masks, weights = [], []
     for s in range(num_samples):
-        u = (s + hashed_uniform(seeds, stream, 2 * s, 1)[:, 0]) / num_samples
-        k = _k_from_level(u, length)
-        masks.append(rank_select(_positions(seeds, stream, 2 * s + 1, valid), k) & valid)
-        weights.append(_inverse_rate(length, k))
+        k = _k_from_level((s + seg.level(seeds, stream, 2 * s)) / num_samples, seg.length)
+        masks.append((seg.ranks(_positions(seeds, stream, 2 * s + 1, valid)) < k) & valid)
+        weights.append(_weights(seg.length, k, segments is not None))
     return MaskDraw(torch.stack(masks), torch.stack(weights).float(), None)
 
 
-def antithetic_masks(seeds: torch.Tensor, valid: torch.Tensor, num_samples: int, stream: int = STREAM_ELBO) -> MaskDraw:
+def antithetic_masks(seeds: torch.Tensor, valid: torch.Tensor, num_samples: int, stream: int = STREAM_ELBO,
+                     segments: torch.Tensor | None = None) -> MaskDraw:
     """Complementary pairs on one random order: `M` = the first `k`, `M'` = the last `L + 1 - k`; unbiased.
 
     Copy `2p` is exactly `uniform_masks`' copy `2p`; an odd last copy is an unpaired plain draw.
     """
-    length = _lengths(valid)
+    seg = _segments(valid, segments)
     masks, weights = [], []
     for s in range(num_samples):
         pair = s - s % 2
-        k = _k_from_level(hashed_uniform(seeds, stream, 2 * pair, 1)[:, 0], length)
-        ranks = ranks_of(_positions(seeds, stream, 2 * pair + 1, valid))
+        k = _k_from_level(seg.level(seeds, stream, 2 * pair), seg.length)
+        ranks = seg.ranks(_positions(seeds, stream, 2 * pair + 1, valid))
         if s % 2 == 0:
-            mask = ranks < k.unsqueeze(-1)
+            mask = ranks < k
         else:  # ranks k-1 .. L-1: the complement of M plus its last token
-            mask = ranks >= (k - 1).unsqueeze(-1)
-            k = length + 1 - k
+            mask = ranks >= k - 1
+            k = seg.length + 1 - k
         masks.append(mask & valid)
-        weights.append(_inverse_rate(length, k))
+        weights.append(_weights(seg.length, k, segments is not None))
     return MaskDraw(torch.stack(masks), torch.stack(weights).float(), None)
+
+
+def ranks_within(scores: torch.Tensor, valid: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank of each position within its segment (block) by score; the whole row is one segment without `segments`."""
+    return _segments(valid.bool(), segments).ranks(scores)
+
+
+def per_token_weights(weights: torch.Tensor) -> torch.Tensor:
+    """A draw's weights as `(S, B, C)`-broadcastable: per-row weights `(S, B)` get a trailing axis."""
+    return weights if weights.dim() == 3 else weights.unsqueeze(-1)
 
 
 def gauss_legendre(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,11 +229,13 @@ def gauss_legendre(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     return (x + 1.0) / 2.0, w / 2.0
 
 
-def quadrature_masks(seeds: torch.Tensor, valid: torch.Tensor, num_samples: int, stream: int = STREAM_ELBO) -> MaskDraw:
+def quadrature_masks(seeds: torch.Tensor, valid: torch.Tensor, num_samples: int, stream: int = STREAM_ELBO,
+                     segments: torch.Tensor | None = None) -> MaskDraw:
     """Semi-deterministic MC (GDPO): Gauss-Legendre noise levels `t_s`, Bernoulli(`t_s`) masks, weight `S w_s / t_s`.
 
     Biased by the quadrature error of the degree-`L - 1` polynomial `h(t)`: zero for `2S >= L`, else within
-    `quadrature_bias_bound(S, L, max_j |c_j|)`.
+    `quadrature_bias_bound(S, L, max_j |c_j|)`. Per-token Bernoulli masks: `segments` (blocks) change nothing, and
+    the bound holds per block with `L = L_b`.
     """
     nodes, node_weights = gauss_legendre(num_samples)
     length = _lengths(valid)
@@ -247,9 +307,17 @@ def draw_masks(
     block_length: int | None = None,
     prompt_valid: torch.Tensor | None = None,
     p_mask_context: float = 0.0,
+    segments: torch.Tensor | None = None,
 ) -> MaskDraw:
-    """The masks of scheme `masking` (one of `MASKINGS`) for the valid (scored) completion positions `valid`."""
+    """The masks of scheme `masking` (one of `MASKINGS`) for the valid (scored) completion positions `valid`.
+
+    `segments (B, C)`: the block of each position, for block-diffusion models (masks drawn per block).
+    """
     valid = valid.bool()
+    if segments is not None and masking == "block_random":
+        raise ValueError("elbo_masking='block_random' is SPG's scheme for full-attention models (a random block, "
+                         "later blocks masked); block-diffusion models never see later blocks. Use 'uniform', "
+                         "'stratified', 'antithetic' or 'quadrature'.")
     if masking == "block_random":
         if block_length is None or prompt_valid is None:
             raise ValueError("block_random masks need block_length and prompt_valid.")
@@ -258,4 +326,4 @@ def draw_masks(
                "quadrature": quadrature_masks}
     if masking not in schemes:
         raise ValueError(f"Unknown ELBO masking {masking!r}; choose one of {MASKINGS}.")
-    return schemes[masking](seeds, valid, num_samples, stream)
+    return schemes[masking](seeds, valid, num_samples, stream, segments=segments)

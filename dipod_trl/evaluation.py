@@ -65,7 +65,7 @@ def generate_items(
     adapter=None,
     batch_size: int = 8,
     gen_length: int = 256,
-    block_length: int = 32,
+    block_length: int | None = None,
     steps: int = 128,
     temperature: float = 0.0,
     progress: bool = True,
@@ -78,10 +78,11 @@ def generate_items(
     from tqdm.auto import tqdm
 
     from .models import diffusion_adapter
-    from .sampler import diffusion_generate
+    from .sampler import default_block_length, diffusion_generate
 
     task = get_task(task)
     adapter = adapter or diffusion_adapter(model, tokenizer)
+    block_length = block_length or default_block_length(adapter.block_size, gen_length)
     device = next(model.parameters()).device
     items: list[dict[str, Any]] = []
     tokenizer.padding_side = "left"
@@ -91,7 +92,8 @@ def generate_items(
                                                                              tokenize=False) for p in rows["prompt"]]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         out = diffusion_generate(model, adapter, enc["input_ids"], enc["attention_mask"], gen_length=gen_length,
-                                 block_length=block_length, steps=steps, temperature=temperature)
+                                 block_length=block_length, steps=steps, temperature=temperature,
+                                 pad_token_id=tokenizer.pad_token_id or 0)
         eos = tokenizer.eos_token_id
         cut = [row[: row.index(eos)] if eos in row else row for row in out.tolist()]  # the canvas ends at EOS
         for row, text in zip(rows, tokenizer.batch_decode(cut, skip_special_tokens=True)):

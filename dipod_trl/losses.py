@@ -79,12 +79,13 @@ def spg_eubo(
     """SPG's Renyi upper bound per sequence `(B,)`, on the same scale as `sequence_elbo`.
 
     Inputs are the ELBO's Monte-Carlo draws: raw log-probs `(S, B, C)` at masked positions, the masks, and the
-    weights `L / k` (the inverse mask rate). Per token `i`:
+    weights `L / k` (the inverse mask rate; per token `(S, B, C)`, `L_b / k_b`, for block models). Per token `i`:
     `S_i = mean_s 1[i in M_s] * p_s(x_i)^beta * (L / k_s)`, and `EUBO = (1 / beta) * mean_{i : S_i > 0} log S_i`
     per token, times `L` for `normalization="sequence"`.
     """
     num_samples = token_logps.size(0)
-    log_w = beta * token_logps + torch.log(weights.clamp(min=1e-12)).unsqueeze(-1)
+    weights = weights if weights.dim() == 3 else weights.unsqueeze(-1)  # per row, or per token (block models)
+    log_w = beta * token_logps + torch.log(weights.clamp(min=1e-12))
     log_w = log_w.masked_fill(~masks, -math.inf)
     log_s = torch.logsumexp(log_w, dim=0) - math.log(num_samples)  # (B, C); -inf where never masked
     seen = masks.any(dim=0)

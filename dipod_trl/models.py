@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from .block_attention import positions_of as positions_from_mask
 from .families import family_of, family_of_model, unwrap
 
 logger = logging.get_logger(__name__)
@@ -30,7 +31,9 @@ class DiffusionLM:
     each row's first real token (Dream's convention), which makes a left-padded row's logits equal its unpadded ones.
     `sparse_logits`: the forward takes a boolean `(B, L)` `logits_to_keep` and runs the lm-head on those positions
     only (transformers' decoder classes). `kv_cache`: the forward takes a KV cache under bidirectional attention
-    (the native LLaDA/Dream classes), which the sampler's prefix cache uses.
+    (the native LLaDA/Dream classes), which the sampler's prefix cache uses. `block_size`: set for block-diffusion
+    models (block-causal attention, `dipod_trl.block_attention`): the trained block size, which the sampler and the
+    likelihood read; `None` for full attention.
     """
 
     mask_token_id: int
@@ -39,9 +42,16 @@ class DiffusionLM:
     positions_from_mask: bool = False
     sparse_logits: bool = False
     kv_cache: bool = False
+    block_size: int | None = None
 
-    def call_kwargs(self, attention_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """`attention_mask` / `position_ids` for a forward over the whole `(B, L)` canvas, per the conventions."""
+    def call_kwargs(self, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None
+                    ) -> dict[str, torch.Tensor]:
+        """`attention_mask` / `position_ids` for a forward over the whole `(B, L)` canvas, per the conventions.
+
+        A 4-D mask (block-diffusion layouts) goes to the model as given, with the caller's `position_ids`.
+        """
+        if attention_mask is not None and attention_mask.dim() == 4:
+            return {"attention_mask": attention_mask, "position_ids": position_ids}
         if self.attend_to_padding or attention_mask is None or bool(attention_mask.all()):
             return {}
         kwargs = {"attention_mask": attention_mask}
@@ -49,31 +59,28 @@ class DiffusionLM:
             kwargs["position_ids"] = positions_from_mask(attention_mask)
         return kwargs
 
-    def logits(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def logits(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Per-position logits `(B, L, V)` where row `i` predicts token `i` (shift undone for Dream-style models)."""
-        out = model(input_ids=input_ids, **self.call_kwargs(attention_mask))
+        out = model(input_ids=input_ids, **self.call_kwargs(attention_mask, position_ids))
         logits = out.logits if hasattr(out, "logits") else out[0]
         if self.shifted_logits:  # logits[i] predicts token i+1: position i is predicted by logits[i-1]
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
 
     def scored_logits(
-        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, keep: torch.Tensor
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, keep: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits `(N, V)` of the `N` positions where `keep (B, L)` is True, in row-major order.
 
         With `sparse_logits` the lm-head (and everything after it) runs on those positions only.
         """
         if not self.sparse_logits or (self.shifted_logits and bool(keep[:, 0].any())):
-            return self.logits(model, input_ids, attention_mask)[keep]
+            return self.logits(model, input_ids, attention_mask, position_ids)[keep]
         raw_keep = torch.cat([keep[:, 1:], keep[:, :1] & False], dim=1) if self.shifted_logits else keep
-        out = model(input_ids=input_ids, logits_to_keep=raw_keep, **self.call_kwargs(attention_mask))
+        out = model(input_ids=input_ids, logits_to_keep=raw_keep, **self.call_kwargs(attention_mask, position_ids))
         return out.logits
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids counting from each row's first real token (0 on left padding)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def resolve_mask_token_id(model: nn.Module, tokenizer=None, mask_token_id: int | None = None) -> int:
@@ -162,20 +169,22 @@ def diffusion_adapter(
     vocab = unwrap(model).get_input_embeddings().num_embeddings
     if not 0 <= mask_id < vocab:
         raise ValueError(f"mask_token_id {mask_id} is outside the model's vocabulary of {vocab} embeddings.")
-    if check_bidirectional and not is_bidirectional(model, vocab):
+    family = family_of_model(model)
+    native = family is not None and isinstance(unwrap(model), family.model_class)
+    block_size = family.block_size_of(unwrap(model).config) if native else None
+    if check_bidirectional and not is_bidirectional(model, vocab, length=block_size or 6):
         raise ValueError(
             "This model attends causally: its prediction at position 0 does not change when a later token changes. "
             "Masked diffusion needs bidirectional attention. Use a mask-predictor (LLaDA, Dream, a masked LM such as "
             "ModernBERT), or load a decoder with bidirectional attention (e.g. Gemma3 with "
             "`use_bidirectional_attention=True`). Set check_bidirectional=False only if you know better."
         )
-    family = family_of_model(model)
     shifted = detect_shifted_logits(model) if shifted_logits is None else bool(shifted_logits)
     if attend_to_padding is None:
         attend_to_padding = family.attend_to_padding if family else not accepts_attention_mask(model)
-    native = family is not None and isinstance(unwrap(model), family.model_class)
     return DiffusionLM(mask_id, shifted, bool(attend_to_padding), positions_from_mask=family is not None,
-                       sparse_logits=supports_sparse_logits(model, vocab), kv_cache=native)
+                       sparse_logits=supports_sparse_logits(model, vocab), kv_cache=native and block_size is None,
+                       block_size=block_size)
 
 
 @torch.no_grad()

@@ -4,6 +4,9 @@ The completion starts as `gen_length` mask tokens after the (left-padded) prompt
 left to right; inside a block, `steps_per_block` forwards each reveal a scheduled number of tokens per row, chosen
 by model confidence (`low_confidence`) or at random (`random`). Tokens are drawn by Gumbel-max, which samples from
 `softmax(logits / temperature)`; temperature 0 is greedy.
+
+Block-diffusion models (`adapter.block_size` set) are sampled by `dipod_trl.block_sampler` with the same arguments:
+`block_length` must be the model's trained block size, and their KV cache is exact.
 """
 
 from __future__ import annotations
@@ -15,6 +18,20 @@ from torch import nn
 
 from .block_cache import KV_CACHE_MODES, BlockCache
 from .models import DiffusionLM
+
+
+def default_block_length(model_block_size: int | None, gen_length: int) -> int:
+    """The block length when none is given: a block-diffusion model's trained block size, else 32 (capped at
+    `gen_length`)."""
+    return model_block_size or min(32, gen_length)
+
+
+def block_steps(steps: int, gen_length: int, block_size: int) -> int:
+    """Denoising steps per block of a block-diffusion model: `steps` split over the `ceil(gen_length / block_size)`
+    blocks that `gen_length` tokens span (a completion may end inside a block), at least 1 and at most `block_size`
+    (one token per step). Every generated block gets this many, including the one a prompt tail shares."""
+    num_blocks = -(-gen_length // block_size)
+    return min(max(steps // num_blocks, 1), block_size)
 
 
 def transfer_schedule(num_masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -34,7 +51,7 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Gen
     return (logits.double() / temperature + gumbel).argmax(dim=-1)
 
 
-def _select_top(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def select_top(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Boolean mask of the `counts[b]` highest `scores` in each row, without a per-row loop."""
     order = scores.argsort(dim=-1, descending=True, stable=True)
     ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.size(-1), device=scores.device)
@@ -57,10 +74,13 @@ def diffusion_generate(
     cfg_scale: float = 0.0,
     generator: torch.Generator | None = None,
     threshold: float | None = None,
-    kv_cache: str = "none",
+    kv_cache: str | None = None,
     cache_refresh: int = 0,
     eos_token_ids: Sequence[int] | None = None,
     stats: dict | None = None,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    pad_token_id: int = 0,
 ) -> torch.Tensor:
     """Generate `gen_length` tokens after each left-padded prompt; returns the completions `(B, gen_length)`.
 
@@ -74,7 +94,17 @@ def diffusion_generate(
 
     Invariants: prompt tokens never change; no mask token remains; a fixed `generator` seed gives the same output.
     The lm-head runs on the active block only (`adapter.sparse_logits`) and noise is drawn for masked positions only.
+    `top_k` / `top_p` filter the proposal distribution; confidences are read from the filtered distribution.
+
+    Block-diffusion models go to `block_diffusion_generate`, with `block_steps(steps, gen_length, block)` steps per
+    block; `gen_length` need not be a multiple of their block size (the last block is generated whole and cut).
+    Their `kv_cache` is `"prefix"` (exact, the default `None`) or `"none"` (recompute every step).
     """
+    if adapter.block_size is not None:
+        return _generate_blocks(model, adapter, prompt_ids, prompt_mask, gen_length, block_length, steps, temperature,
+                                remasking, cfg_scale, generator, threshold, kv_cache, eos_token_ids, stats, top_k,
+                                top_p, pad_token_id)
+    kv_cache = kv_cache or "none"
     if gen_length % block_length != 0:
         raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length}).")
     num_blocks = gen_length // block_length
@@ -117,11 +147,11 @@ def diffusion_generate(
                 else:
                     logits = _block_logits(model, adapter, x, attention_mask, is_prompt, cfg_scale, start, end)
                 forwards += 1
-                proposal, confidence = _propose(logits, masked, mask_id, temperature, remasking, generator)
+                proposal, confidence = _propose(logits, masked, mask_id, temperature, remasking, generator, top_k, top_p)
                 if threshold is None:
-                    reveal = _select_top(confidence, schedule[:, step])
+                    reveal = select_top(confidence, schedule[:, step])
                 else:  # everything confident enough, and at least the most confident masked token of each row
-                    reveal = (confidence >= threshold) | _select_top(confidence, torch.ones_like(schedule[:, 0]))
+                    reveal = (confidence >= threshold) | select_top(confidence, torch.ones_like(schedule[:, 0]))
                 x[:, start:end] = torch.where(reveal & masked, proposal, x[:, start:end])
                 step += 1
             if eos.numel() and bool(torch.isin(x[:, prompt_len:end], eos).any(dim=1).all()):
@@ -134,9 +164,45 @@ def diffusion_generate(
     return x[:, prompt_len:]
 
 
+def _generate_blocks(model, adapter, prompt_ids, prompt_mask, gen_length, block_length, steps, temperature, remasking,
+                     cfg_scale, generator, threshold, kv_cache, eos_token_ids, stats, top_k, top_p, pad_token_id):
+    from .block_sampler import block_diffusion_generate
+
+    block = adapter.block_size
+    if block_length != block:
+        raise ValueError(f"This block-diffusion model was trained with blocks of {block} tokens; block_length "
+                         f"{block_length} would change its attention pattern. Leave block_length unset (or {block}).")
+    if gen_length < 1 or steps < 1:
+        raise ValueError(f"gen_length ({gen_length}) and steps ({steps}) must be positive.")
+    if kv_cache not in (None, "prefix", "none"):
+        raise ValueError(f"kv_cache={kv_cache!r}: block-diffusion models cache the prompt and finished blocks exactly "
+                         "('prefix', the default) or recompute them ('none'); later blocks are never attended.")
+    if cfg_scale > 0:
+        raise ValueError("cfg_scale > 0 (classifier-free guidance) is not implemented for block-diffusion models.")
+    return block_diffusion_generate(
+        model, adapter, prompt_ids, prompt_mask, gen_length=gen_length,
+        steps_per_block=block_steps(steps, gen_length, block),
+        temperature=temperature, top_k=top_k, top_p=top_p, remasking=remasking, threshold=threshold,
+        kv_cache=kv_cache != "none", eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, generator=generator,
+        stats=stats)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Keep the `top_k` largest logits and the smallest nucleus of mass `>= top_p` (the rest set to -inf)."""
+    if top_k and 0 < top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    if top_p is not None and top_p < 1.0:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        probs = ordered.float().softmax(-1)
+        drop = (probs.cumsum(-1) - probs) >= top_p  # tokens after the nucleus is complete
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), -torch.inf)
+    return logits
+
+
 def _propose(
     logits: torch.Tensor, masked: torch.Tensor, mask_id: int, temperature: float, remasking: str,
-    generator: torch.Generator | None,
+    generator: torch.Generator | None, top_k: int = 0, top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Proposed tokens and their confidence `(B, block)` at masked positions (-1 confidence elsewhere).
 
@@ -144,6 +210,7 @@ def _propose(
     """
     chosen = logits[masked]
     chosen[:, mask_id] = -torch.inf
+    chosen = filter_logits(chosen, top_k, top_p)
     tokens = gumbel_argmax(chosen, temperature, generator)
     if remasking == "low_confidence":
         probs = torch.softmax(chosen.float(), dim=-1)

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 
 import torch
 from accelerate.utils import gather, send_to_device
-from safetensors.torch import load_file
 from transformers import GenerationConfig, PretrainedConfig, TrainerState
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
@@ -27,7 +26,7 @@ from trl.trainer.utils import pad
 from . import losses
 from .checkpoints import check_checkpoint, resolve_resume
 from .config import DiPODConfig
-from .estimators import iteration_seeds, sample_seeds
+from .estimators import iteration_seeds, per_token_weights, sample_seeds
 from .families import family_of_model
 from .families.adapters import adapter_to_original_format, read_adapter_weights
 from .guard import NonFiniteGuard
@@ -119,6 +118,7 @@ class DiPODTrainer(GRPOTrainer):
             self.model, self._tokenizer, args.mask_token_id, args.shifted_logits, args.check_bidirectional,
             args.attend_to_padding,
         )
+        args.resolve_blocks(self.dllm.block_size)  # the model's block structure decides block_length
         self._active_seeds: torch.Tensor | None = None
         self.num_skipped_rewards = 0  # completions no reward function could score (None/NaN): advantage set to 0
         self.guard = NonFiniteGuard(args.max_consecutive_nonfinite)
@@ -140,7 +140,7 @@ class DiPODTrainer(GRPOTrainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = model if model is not None else self.model
-        if self.family is None or not self.family.renames:
+        if self.family is None:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         weights = os.path.join(resume_from_checkpoint, "model.safetensors")
         if os.path.exists(os.path.join(resume_from_checkpoint, "adapter_model.safetensors")):
@@ -149,9 +149,9 @@ class DiPODTrainer(GRPOTrainer):
             result = set_peft_model_state_dict(model, read_adapter_weights(self.family, resume_from_checkpoint))
             if result.unexpected_keys:
                 raise ValueError(f"{resume_from_checkpoint}: adapter keys {result.unexpected_keys[:4]} do not fit.")
-        elif os.path.exists(weights):
-            state = self.family.to_native_keys(load_file(weights, device="cpu"))
-            model.load_state_dict(state, strict=not getattr(model.config, "tie_word_embeddings", False))
+        elif os.path.exists(weights):  # Hub format: the family's conversions (renames, fused experts, split qkv)
+            saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+            model.load_state_dict(saved.state_dict())
         else:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
@@ -256,6 +256,9 @@ class DiPODTrainer(GRPOTrainer):
                 kv_cache=args.kv_cache,
                 cache_refresh=args.kv_cache_refresh,
                 eos_token_ids=self.eos_token_ids if args.stop_at_eos else None,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                pad_token_id=self._tokenizer.pad_token_id,
                 generator=None,  # the global RNG: seeded per rank by TRL and saved/restored with checkpoints
             )
         # Cut after the first end-of-sequence token, as TRL does: what follows is padding of the canvas.
@@ -415,7 +418,7 @@ class DiPODTrainer(GRPOTrainer):
         with self.accelerator.autocast():
             logps, masks, weights = elbo_draws(model, self.dllm, ids, attn, scored.size(1), seeds, args.elbo_samples,
                                                **self._elbo_kwargs(scored))
-        per_token = (logps * weights.unsqueeze(-1)).mean(0)
+        per_token = (logps * per_token_weights(weights)).mean(0)
         elbo = losses.sequence_elbo(per_token, scored, args.normalization)
 
         if args.likelihood_estimator == "spg":

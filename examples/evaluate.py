@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
     gen.add_argument("--batch_size", type=int, default=8)
     gen.add_argument("--gen_length", type=int, default=256)
-    gen.add_argument("--block_length", type=int, default=32)
+    gen.add_argument("--block_length", type=int, default=None,
+                     help="default: a block-diffusion model's trained block size, else 32")
     gen.add_argument("--steps", type=int, default=None, help="diffusion steps (default gen_length // 2)")
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--mask_token_id", type=int, default=None, help="LLaDA: 126336 (default: from tokenizer)")

@@ -114,3 +114,80 @@ def test_fpo_runs_match_the_release_sbatch_files(task):
         recipe = yaml.safe_load((RECIPES / task / f"{run}.yaml").read_text())
         assert recipe["num_iterations"] == int(re.search(r"NUM_ITER=(\d+)", script).group(1)), (task, run)
         assert float(recipe["dipod_beta"]) == float(re.search(r"--dipod_beta (\S+)", script).group(1)), (task, run)
+
+
+# Block-diffusion recipes, recipes/gsm8k/block/<model>_<run>.yaml: LLaDA2-mini (blocks of 32; LLaDA2.0 and 2.1 differ
+# only by model id) and SDAR-4B (blocks of 4; SDAR-4B-Chat and TraDo-4B-Instruct likewise), four runs each.
+BLOCK_RECIPES = RECIPES / "gsm8k" / "block"
+BLOCK_MODELS = {  # file prefix: (trained block size, model id, the alternative id named in the header)
+    "llada2_mini": (32, "inclusionAI/LLaDA2.0-mini", "inclusionAI/LLaDA2.1-mini"),
+    "sdar_4b": (4, "JetLM/SDAR-4B-Chat", "Gen-Verse/TraDo-4B-Instruct"),
+}
+BLOCK_RUNS = ("fpo", "fpo_dipod", "spg", "spg_dipod")
+BLOCK_FILES = sorted(p.name for p in BLOCK_RECIPES.glob("*.yaml"))
+
+
+def _parse_like_the_example(path: Path):
+    """(ScriptArguments, DiPODConfig, ModelConfig) exactly as `examples/gsm8k.py --config <path>` parses them
+    (`dipod_trl.runner.build_trainer`: `TrlParser` over the three dataclasses, `parse_args_and_config`), stopping
+    before the tokenizer and model are loaded. One command-line override, `--bf16 false` (a flag overrides the YAML,
+    as on any command line): transformers refuses `bf16: true` on a machine without a GPU, and these recipes are
+    for GPUs; that the YAML asks for bf16 is checked on the YAML itself."""
+    from trl import ModelConfig, TrlParser
+
+    from dipod_trl.runner import ScriptArguments
+
+    parser = TrlParser((ScriptArguments, DiPODConfig, ModelConfig))
+    return parser.parse_args_and_config(args=["--config", str(path), "--bf16", "false"])
+
+
+def test_block_recipes_have_the_four_runs_per_model():
+    assert BLOCK_FILES == sorted(f"{m}_{r}.yaml" for m in BLOCK_MODELS for r in BLOCK_RUNS)
+
+
+@pytest.mark.parametrize("name", BLOCK_FILES)
+def test_block_recipe_parses_and_fits_the_block_model(name):
+    from trl.trainer.utils import get_peft_config
+
+    from dipod_trl.runner import model_init_kwargs, resolve_task
+
+    path = BLOCK_RECIPES / name
+    model, run = next((m, name[len(m) + 1:-5]) for m in BLOCK_MODELS if name.startswith(m + "_"))
+    block, model_id, alternative = BLOCK_MODELS[model]
+    text = path.read_text()
+    recipe = yaml.safe_load(text)
+    script_args, args, model_args = _parse_like_the_example(path)
+
+    assert model_args.model_name_or_path == model_id and alternative in text  # the header names the other checkpoint
+    assert recipe["bf16"] is True and model_args.dtype == "bfloat16"
+    assert args.dipod_beta == (0.05 if run.endswith("_dipod") else 0.0)
+    assert args.likelihood_estimator == {"fpo": "elbo", "spg": "spg"}[run.split("_")[0]]
+    assert args.block_length in (None, block)
+    assert args.max_completion_length % block == 0
+    assert args.elbo_masking != "block_random" and args.kv_cache is None  # refused / exact by default for block models
+    # YAML 1.1 reads `1e-6` as a string and TrlParser passes YAML values through unconverted: numbers must be numbers.
+    assert not [k for k, v in recipe.items() if isinstance(v, str) and re.fullmatch(r"[-+]?[0-9.]+(e[-+]?[0-9]+)?", v)]
+
+    # What the trainer does next with the model's block size: diffusion_steps must split evenly over the blocks.
+    args.resolve_blocks(block)
+    assert args.block_length == block and args.diffusion_steps % (args.max_completion_length // block) == 0
+    # ... and the rest of build_trainer before the download: task, from_pretrained kwargs, LoRA config.
+    assert resolve_task("gsm8k", script_args.reward_funcs)[0].name == "gsm8k"
+    assert "quantization_config" not in model_init_kwargs(model_args)
+    peft = get_peft_config(model_args)
+    assert (peft is not None) == model_args.use_peft
+    assert peft is None or peft.target_modules is None  # the family's LoRA preset
+
+    unsourced = [line for line in text.splitlines()
+                 if line.strip() and not line.lstrip().startswith("#")
+                 and not re.search(r"#\s*(source|ours):", line)]
+    assert not unsourced, f"{name}: lines without a `# source:` or `# ours:` comment: {unsourced}"
+
+
+@pytest.mark.parametrize("model", sorted(BLOCK_MODELS))
+@pytest.mark.parametrize("estimator", ("fpo", "spg"))
+def test_block_dipod_runs_differ_from_their_baseline_only_by_dipod_beta(model, estimator):
+    base = yaml.safe_load((BLOCK_RECIPES / f"{model}_{estimator}.yaml").read_text())
+    dipod = yaml.safe_load((BLOCK_RECIPES / f"{model}_{estimator}_dipod.yaml").read_text())
+    differ = {k for k in base.keys() | dipod.keys() if base.get(k) != dipod.get(k)}
+    assert differ == {"dipod_beta", "output_dir"}, differ

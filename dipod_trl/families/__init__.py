@@ -9,10 +9,14 @@ from __future__ import annotations
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .base import ModelFamily, unwrap
+from .diffusion_gemma import DIFFUSION_GEMMA
 from .dream import DREAM, DreamConfig, DreamForDiffusionLM
 from .llada import LLADA, LLaDAConfig, LLaDAForDiffusionLM
+from .llada2 import LLADA2, LLaDA2Config, LLaDA2ForDiffusionLM
+from .sdar import SDAR, SDARConfig, SDARForDiffusionLM
+from .sdar_moe import SDAR_MOE, SDARMoeConfig, SDARMoeForDiffusionLM
 
-FAMILIES: tuple[ModelFamily, ...] = (LLADA, DREAM)
+FAMILIES: tuple[ModelFamily, ...] = (LLADA, DREAM, SDAR, SDAR_MOE, LLADA2, DIFFUSION_GEMMA)
 
 
 def family_of(config) -> ModelFamily | None:
@@ -34,15 +38,19 @@ def _register() -> None:
 
     for family in FAMILIES:
         model_type = family.config_class.model_type
-        AutoConfig.register(model_type, family.config_class, exist_ok=True)
-        AutoModelForCausalLM.register(family.config_class, family.model_class, exist_ok=True)
-        AutoModel.register(family.config_class, family.model_class, exist_ok=True)
-        if family.renames:
-            renamings = [WeightRenaming(source_patterns=s, target_patterns=t) for s, t in family.key_mapping().items()]
-            register_checkpoint_conversion_mapping(model_type, renamings, overwrite=True)
+        if family.register_auto:  # not for transformers' own classes (DiffusionGemma), known to its Auto classes
+            AutoConfig.register(model_type, family.config_class, exist_ok=True)
+            AutoModelForCausalLM.register(family.config_class, family.model_class, exist_ok=True)
+            AutoModel.register(family.config_class, family.model_class, exist_ok=True)
+        transforms = [WeightRenaming(source_patterns=s, target_patterns=t) for s, t in family.key_mapping().items()]
+        transforms += family.conversions() if family.conversions else []
+        if transforms:
+            register_checkpoint_conversion_mapping(model_type, transforms, overwrite=True)
 
 
 _register()
 
-__all__ = ["DREAM", "FAMILIES", "LLADA", "DreamConfig", "DreamForDiffusionLM", "LLaDAConfig", "LLaDAForDiffusionLM",
-           "ModelFamily", "family_of", "family_of_model", "unwrap"]
+__all__ = ["DREAM", "FAMILIES", "LLADA", "LLADA2", "SDAR", "SDAR_MOE", "DreamConfig", "DreamForDiffusionLM",
+           "LLaDA2Config", "LLaDA2ForDiffusionLM", "LLaDAConfig", "LLaDAForDiffusionLM", "ModelFamily", "SDARConfig",
+           "SDARForDiffusionLM", "SDARMoeConfig", "SDARMoeForDiffusionLM", "family_of", "family_of_model", "unwrap"]
+__all__ += ["DIFFUSION_GEMMA"]

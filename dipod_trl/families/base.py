@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from ..block_attention import ATTENTION_PATTERNS, additive, block_causal_mask, positions_of
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,34 @@ class ModelFamily:
     # (original module path, native module path) pairs, `{i}` standing for a block index; both directions of the
     # weight renaming (loading and saving) are derived from these.
     renames: tuple[tuple[str, str], ...] = ()
+    # Weight transforms beyond `renames` (fusing per-expert weights, splitting fused projections): a function returning
+    # transformers `WeightConverter`/`WeightRenaming`s, registered with `renames` for the family's model_type, so
+    # `from_pretrained` applies them and `save_pretrained` writes the original layout back.
+    conversions: Callable[[], list] | None = None
     # Original module names that users may put in LoRA `target_modules`, and their native names.
     lora_aliases: dict[str, str] = field(default_factory=dict)
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     shifted_logits: bool = False  # logits at i predict token i + 1
     attend_to_padding: bool = False  # default padding convention: True lets rows attend to pad tokens (LLaDA's code)
+    # What the sampler and the likelihood read: "full" attention (LLaDA, Dream) or "block_causal" (SDAR, LLaDA2:
+    # bidirectional inside blocks of the trained block size, causal across them, with an exact KV cache).
+    attention: str = "full"
+    default_block_size: int | None = None  # trained block size, where the config does not say (`block_size`)
+    noise: str = "mask"  # corruption: "mask" (absorbing mask token)
+    register_auto: bool = True  # register config/model with AutoConfig, AutoModel, AutoModelForCausalLM on import
+
+    def __post_init__(self):
+        if self.attention not in ATTENTION_PATTERNS:
+            raise ValueError(f"attention must be one of {ATTENTION_PATTERNS}, got {self.attention!r}.")
+        if self.attention == "block_causal" and not self.default_block_size:
+            raise ValueError(f"Block-causal family {self.name!r} needs a default_block_size.")
+
+    def block_size_of(self, config) -> int | None:
+        """The trained block size of a block-causal model (the config's `block_size`, else the family's); None for
+        full attention."""
+        if self.attention != "block_causal":
+            return None
+        return int(getattr(config, "block_size", None) or self.default_block_size)
 
     def matches(self, config_dict: dict) -> bool:
         model_type = str(config_dict.get("model_type") or "").lower()
@@ -129,6 +155,40 @@ class OriginalFormatConfigMixin:
         return out
 
 
+class BlockDiffusionConfigMixin(OriginalFormatConfigMixin):
+    """Config mixin of block-diffusion families: `block_size` (written back where the Hub config has one, or when
+    changed), the Hub's flat RoPE fields, and unset token ids left out as the Hub configs do."""
+
+    default_block_size: int = 0
+    hub_has_block_size: bool = False
+    native_only_fields = ("is_causal", "layer_types", "rope_parameters")
+
+    def __post_init__(self, **kwargs):
+        kwargs.setdefault("block_size", self.default_block_size)
+        super().__post_init__(**kwargs)
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        out.update(hub_rope_fields(self.rope_parameters))
+        if not self.hub_has_block_size and out.get("block_size") == self.default_block_size:
+            out.pop("block_size")
+        for key in ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id"):
+            if key in out and out[key] is None:  # unset: the Hub config leaves it out (mask: the tokenizer's)
+                out.pop(key)
+        return out
+
+
+def hub_rope_fields(rope_parameters: dict | None) -> dict:
+    """transformers' `rope_parameters` as the Hub's flat fields: `rope_theta`, `rope_scaling` (None for plain RoPE)
+    and, where set, `partial_rotary_factor`."""
+    rope = dict(rope_parameters or {})
+    out = {"rope_theta": rope.pop("rope_theta", None)}
+    if "partial_rotary_factor" in rope:
+        out["partial_rotary_factor"] = rope.pop("partial_rotary_factor")
+    out["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else rope
+    return out
+
+
 class BidirectionalMixin:
     """Model mixin: full attention everywhere, and `save_pretrained` that keeps the Hub's modelling-code pointers."""
 
@@ -143,6 +203,32 @@ class BidirectionalMixin:
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             link_remote_code(self.config, save_directory)
+
+
+class BlockCausalMixin(BidirectionalMixin):
+    """Model mixin for block-diffusion LMs: block-causal attention unless the caller passes its own 4-D mask.
+
+    Given no mask or a 2-D padding mask, the forward builds the block-causal mask of `config.block_size` from the
+    position ids (default: counted from each row's first real token, the models' own convention), so a plain
+    `model(input_ids, attention_mask)` computes what the original code computes with its block mask. A 4-D mask
+    (boolean or additive) is used as given: the sampler's cached calls and the likelihood's one-forward layout.
+    """
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+        if attention_mask is None or attention_mask.dim() == 2:
+            if cache is not None and cache.get_seq_length() > 0:
+                raise ValueError("With a filled KV cache, pass the 4-D block mask of the new tokens explicitly.")
+            ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(ref, dtype=torch.bool)
+            if position_ids is None:
+                position_ids = positions_of(valid)
+            attention_mask = block_causal_mask(position_ids, valid, self.config.block_size)
+        if attention_mask.dtype == torch.bool:
+            attention_mask = additive(attention_mask, self.dtype)
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               cache=cache, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+                               logits_to_keep=logits_to_keep, **kwargs)
 
 
 def link_remote_code(config, save_directory: str) -> None:
