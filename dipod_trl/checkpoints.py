@@ -93,8 +93,7 @@ def check_checkpoint(path: str, world_size: int = 1, allow_incomplete: bool = Fa
     missing += [name for name in also_required if not os.path.isfile(os.path.join(path, name))]
     damaged = damaged_files(path)
     if damaged:
-        raise CheckpointError(f"Cannot resume from {path}: " + "; ".join(damaged) + ". Resume from an earlier "
-                              "checkpoint (or `latest`, which skips damaged ones).")
+        raise _damaged(path, damaged)
     if missing and not allow_incomplete:
         raise CheckpointError(
             f"Cannot resume exactly from {path}: " + ", ".join(missing) + " missing, so the run would silently differ "
@@ -104,6 +103,26 @@ def check_checkpoint(path: str, world_size: int = 1, allow_incomplete: bool = Fa
     if missing:
         logger.warning("Resuming from %s without %s (resume_incomplete_checkpoint=True): the run will not match an "
                        "uninterrupted one.", path, ", ".join(missing))
+
+
+def read_trainer_state(path: str):
+    """The checkpoint's `TrainerState`; `None` when `trainer_state.json` is missing (`check_checkpoint` reports that).
+    A damaged one (not JSON, not UTF-8, not a trainer state) raises `CheckpointError` naming it, like any damaged
+    file."""
+    from transformers import TrainerState
+
+    file = os.path.join(path, "trainer_state.json")
+    if not os.path.isfile(file):
+        return None
+    try:
+        return TrainerState.load_from_json(file)
+    except (OSError, ValueError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _damaged(path, [f"{file} is damaged ({type(error).__name__}: {error})"]) from None
+
+
+def _damaged(path: str, damaged: Sequence[str]) -> CheckpointError:
+    return CheckpointError(f"Cannot resume from {path}: " + "; ".join(damaged) + ". Resume from an earlier "
+                           "checkpoint (or `latest`, which skips damaged ones).")
 
 
 def missing_pieces(path: str, world_size: int = 1) -> list[str]:

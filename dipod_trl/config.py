@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .estimators import MASKINGS
+from .grpo_contract import ESTIMATORS, check_contract
 from .likelihood import AFTER_EOS
 from .sampler import default_block_length
+from .uniform_likelihood import ESTIMATORS as UNIFORM_ESTIMATORS
+from .uniform_likelihood import SELF_CONDITIONING
 
-LIKELIHOOD_ESTIMATORS = ("elbo", "one_step", "spg")
+LIKELIHOOD_ESTIMATORS = ESTIMATORS
 REMASKING = ("low_confidence", "random")
 NORMALIZATIONS = ("sequence", "token")
 MASK_REDRAW = ("fixed", "per_iteration")
@@ -25,8 +28,9 @@ class DiPODConfig(GRPOConfig):
     r"""
     Configuration class for [`DiPODTrainer`]: RL post-training of masked diffusion language models with DiPOD.
 
-    Everything of [`trl.GRPOConfig`] applies (batching, `num_generations`, `num_iterations`, `epsilon`, `beta`,
-    `loss_type` for the one-step estimator, logging, ...). The fields below are added.
+    Every [`trl.GRPOConfig`] field is honoured, mapped to its diffusion-LM meaning, or refused at start-up with a
+    message naming it and the alternative, per `likelihood_estimator` (`dipod_trl.grpo_contract`; the README's
+    table "GRPOConfig, field by field"). The fields below are added.
 
     Parameters:
         > Likelihood estimation (the proxy for the intractable log-likelihood)
@@ -87,6 +91,18 @@ class DiPODConfig(GRPOConfig):
         dipod_beta (`float`, *optional*, defaults to `0.05`):
             Weight of the DiPOD term `dipod_beta * (-ELBO_theta(on-policy completions))` added to every estimator's
             loss. `0.0` disables it exactly (and skips any extra forward it would need).
+
+        > Uniform-noise models (DiffusionGemma: no mask token, corrupted positions hold random tokens)
+
+        uniform_likelihood (`str`, *optional*, defaults to `"training"`):
+            The likelihood FPO, SPG and the DiPOD term use: `"training"`, the model's own training objective (TRL's
+            SFT recipe: `log p(x_i | corrupted canvas)` at every canvas position under uniform corruption at
+            `t ~ U(eps, 1 - eps)`), or `"elbo"`, the exact continuous-time uniform-state ELBO (UDLM / Duo, with
+            `alpha_t = 1 - t`), which needs the full-vocabulary distribution and has about 3x the variance. Either
+            must stay unset for mask-noise models.
+        self_conditioning (`str`, *optional*, defaults to `"none"`):
+            `"none"`: one decoder pass per estimate (the first step of `generate`); `"two_pass"`: training's second
+            pass, conditioned on the detached logits of a first pass. The same for old, reference and current.
 
         > Diffusion sampling (the `kv_cache`, `decoding_threshold` fast paths change the rollouts, not the objective:
         > the ELBO ratio is the model's, whatever sampler produced the completions)
@@ -207,6 +223,16 @@ class DiPODConfig(GRPOConfig):
     dipod_beta: float = field(
         default=0.05, metadata={"help": "Weight of the DiPOD on-policy ELBO term; 0 disables it exactly."}
     )
+    uniform_likelihood: str = field(
+        default="training",
+        metadata={"help": "Uniform-noise models (DiffusionGemma): 'training' (the model's own canvas cross-entropy) "
+                  "or 'elbo' (the exact continuous-time uniform-state ELBO).", "choices": list(UNIFORM_ESTIMATORS)},
+    )
+    self_conditioning: str = field(
+        default="none",
+        metadata={"help": "Uniform-noise models: 'none' or 'two_pass' self-conditioning in every likelihood estimate.",
+                  "choices": list(SELF_CONDITIONING)},
+    )
     diffusion_steps: int | None = field(
         default=None, metadata={"help": "Denoising steps per completion (None: max_completion_length // 2)."}
     )
@@ -271,6 +297,7 @@ class DiPODConfig(GRPOConfig):
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}.")
         for name, allowed in (("elbo_masking", MASKINGS), ("mask_redraw", MASK_REDRAW),
+                              ("uniform_likelihood", UNIFORM_ESTIMATORS), ("self_conditioning", SELF_CONDITIONING),
                               ("sequence_aggregation", SEQUENCE_AGGREGATIONS), ("after_eos", AFTER_EOS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
@@ -298,19 +325,14 @@ class DiPODConfig(GRPOConfig):
             raise ValueError("max_completion_length must be set: a diffusion LM generates a fixed-length canvas.")
         if self.block_length is not None:
             self.resolve_blocks(None)
-        if self.use_vllm or self.use_transformers_continuous_batching:
-            raise ValueError(
-                "vLLM and continuous batching generate autoregressively; DiPODTrainer samples with its own diffusion "
-                "sampler. Set use_vllm=False and use_transformers_continuous_batching=False."
-            )
-        if self.top_entropy_quantile < 1.0:
-            raise ValueError("top_entropy_quantile < 1 is not supported for diffusion LMs; leave it at 1.0.")
+        check_contract(self)  # every GRPOConfig field is honoured, mapped or refused by name (grpo_contract)
 
-
-    def resolve_blocks(self, model_block_size: int | None) -> None:
+    def resolve_blocks(self, model_block_size: int | None, default_steps: bool = True) -> None:
         """Settle `block_length` and `diffusion_steps` once the model is known (`model_block_size`: its trained block
         size, `None` for full attention). Full attention refuses combinations that do not divide; a block-diffusion
-        model takes any `max_completion_length` and reads `diffusion_steps` per block (see the class docstring)."""
+        model takes any `max_completion_length` and reads `diffusion_steps` per block (see the class docstring).
+        `default_steps=False` leaves an unset `diffusion_steps` to the model's own generation config (DiffusionGemma's
+        `max_denoising_steps` per canvas)."""
         if model_block_size is not None:
             if self.block_length not in (None, model_block_size):
                 raise ValueError(
@@ -319,9 +341,9 @@ class DiPODConfig(GRPOConfig):
                     f"{model_block_size}).")
             self.block_length = model_block_size
             num_blocks = -(-self.max_completion_length // model_block_size)
-            if self.diffusion_steps is None:
+            if self.diffusion_steps is None and default_steps:
                 self.diffusion_steps = max(self.max_completion_length // 2, num_blocks)
-            if self.diffusion_steps < 1:
+            if self.diffusion_steps is not None and self.diffusion_steps < 1:
                 raise ValueError(f"diffusion_steps must be >= 1, got {self.diffusion_steps}.")
             return
         if self.block_length is None:

@@ -56,6 +56,9 @@ from .likelihood import completion_logps, completion_segments, elbo_per_token
 from .models import DiffusionLM
 from .sampler import diffusion_generate
 
+NO_ORDERS = ("The drift diagnostics compare the ELBO with the likelihood of unmasking orders (log E_sigma w_sigma); "
+             "uniform-state diffusion (DiffusionGemma) has no unmasking order, so no such likelihood is defined and "
+             "no number is reported. Train without the DriftCallback for this model.")
 ORDER_OFFSET = 1 << 20  # order k uses sample index ORDER_OFFSET + k of the diagnostics stream (the ELBO uses 0, 1, ..)
 
 
@@ -90,6 +93,8 @@ def order_log_weights(
     Step `n` reveals the tokens of rank `< n` and scores the token of rank `n` (in every block at once for
     block-diffusion models): `L` (or `block_size`) forwards of `K * B` rows.
     """
+    if adapter.noise != "mask":
+        raise ValueError(NO_ORDERS)
     c = completion_length
     valid = attention_mask[:, -c:].bool()
     segments = completion_segments(adapter, attention_mask, c)
@@ -170,6 +175,8 @@ class DriftCallback(TrainerCallback):
 
     def attach(self, trainer) -> DriftCallback:
         """Bind to a `DiPODTrainer` and register with it (once); returns `self`."""
+        if trainer.dllm.noise != "mask":
+            raise ValueError(NO_ORDERS)
         if trainer is not self.trainer:
             self._batch, self._last_step = None, None
         self.trainer = trainer

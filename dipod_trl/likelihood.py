@@ -141,7 +141,7 @@ def masked_token_logps(
 
 def completion_segments(adapter: DiffusionLM, attention_mask: torch.Tensor, completion_length: int):
     """The block of each completion position `(B, C)` for block-diffusion models; `None` for full attention."""
-    if adapter.block_size is None:
+    if adapter.attention != "block_causal":
         return None
     return positions_of(attention_mask)[:, -completion_length:] // adapter.block_size
 
@@ -201,6 +201,7 @@ def elbo_draws(
     block_length: int | None = None,
     p_mask_context: float = 0.0,
     compute_entropy: bool = False,
+    noise_options: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ELBO's Monte-Carlo draws: log-probs `(S, B, C)` at masked positions (0 elsewhere), masks, weights.
 
@@ -209,8 +210,18 @@ def elbo_draws(
     copies go through the model in forwards of at most `batch_size` rows (default `B`: one copy of every sequence
     per forward). Block-diffusion models draw masks per block; their weights are per token `(S, B, C)`.
     With `compute_entropy`, the entropies `(S, B, C)` of the predictive distributions are returned fourth.
+    Uniform-noise models (`adapter.noise == "uniform"`) use `uniform_likelihood.uniform_elbo_draws` with
+    `noise_options` (its estimator, self-conditioning, EOS and fill tokens), per-token weights `(S, B, C)`.
     """
     c = completion_length
+    if adapter.noise == "uniform":
+        from .uniform_likelihood import uniform_elbo_draws
+
+        if masking != "uniform" or compute_entropy:
+            raise ValueError(f"Uniform-noise models draw their own corruption (t ~ U(eps, 1 - eps)): elbo_masking "
+                             f"{masking!r} and per-token entropies are mask-noise features; use elbo_masking='uniform'.")
+        return uniform_elbo_draws(model, input_ids, attention_mask, c, seeds, num_samples, scored=scored,
+                                  **(noise_options or {}))
     valid = attention_mask[:, -c:].bool() if scored is None else scored.bool()
     draw = draw_masks(masking, seeds, valid, num_samples, stream, block_length=block_length,
                       prompt_valid=attention_mask[:, : input_ids.size(1) - c], p_mask_context=p_mask_context,
@@ -252,6 +263,9 @@ def one_step_logps(
     block-diffusion models every block is fully masked and conditioned on the clean blocks before it. Returns
     per-token log-probs `(B, C)` (0 where not scored) and, if asked, the per-token entropies.
     """
+    if adapter.noise != "mask":
+        raise ValueError("likelihood_estimator='one_step' (diffu-GRPO) reads the model with the completion fully masked; "
+                         "a uniform-noise model has no mask token. Use 'elbo' (FPO) or 'spg'.")
     c = completion_length
     valid = attention_mask[:, -c:].bool() if scored is None else scored.bool()
     noisy = input_ids.clone()

@@ -33,7 +33,10 @@ class DiffusionLM:
     only (transformers' decoder classes). `kv_cache`: the forward takes a KV cache under bidirectional attention
     (the native LLaDA/Dream classes), which the sampler's prefix cache uses. `block_size`: set for block-diffusion
     models (block-causal attention, `dipod_trl.block_attention`): the trained block size, which the sampler and the
-    likelihood read; `None` for full attention.
+    likelihood read; `None` for full attention. `attention` and `noise` are the family's facts
+    (`"full"`/`"block_causal"`/`"encoder_decoder"`, `"mask"`/`"uniform"`): encoder-decoder, uniform-noise models
+    (DiffusionGemma) sample with their own `generate` (`dipod_trl.canvas_sampler`) and score with
+    `dipod_trl.uniform_likelihood`; their `block_size` is the canvas length and `mask_token_id` is unused.
     """
 
     mask_token_id: int
@@ -43,6 +46,8 @@ class DiffusionLM:
     sparse_logits: bool = False
     kv_cache: bool = False
     block_size: int | None = None
+    attention: str = "full"
+    noise: str = "mask"
 
     def call_kwargs(self, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None
                     ) -> dict[str, torch.Tensor]:
@@ -165,12 +170,17 @@ def diffusion_adapter(
 
     `shifted_logits` and `attend_to_padding` default to the model family's conventions (`None`).
     """
+    family = family_of_model(model)
+    native = family is not None and isinstance(unwrap(model), family.model_class)
+    if native and family.noise != "mask":  # no mask token, no mask-predictor probes: the family says what it is
+        mask_id = mask_token_id if mask_token_id is not None else getattr(tokenizer, "mask_token_id", None)
+        return DiffusionLM(-1 if mask_id is None else int(mask_id), attend_to_padding=False, positions_from_mask=True,
+                           block_size=family.block_size_of(unwrap(model).config), attention=family.attention,
+                           noise=family.noise)
     mask_id = resolve_mask_token_id(model, tokenizer, mask_token_id)
     vocab = unwrap(model).get_input_embeddings().num_embeddings
     if not 0 <= mask_id < vocab:
         raise ValueError(f"mask_token_id {mask_id} is outside the model's vocabulary of {vocab} embeddings.")
-    family = family_of_model(model)
-    native = family is not None and isinstance(unwrap(model), family.model_class)
     block_size = family.block_size_of(unwrap(model).config) if native else None
     if check_bidirectional and not is_bidirectional(model, vocab, length=block_size or 6):
         raise ValueError(
@@ -184,7 +194,7 @@ def diffusion_adapter(
         attend_to_padding = family.attend_to_padding if family else not accepts_attention_mask(model)
     return DiffusionLM(mask_id, shifted, bool(attend_to_padding), positions_from_mask=family is not None,
                        sparse_logits=supports_sparse_logits(model, vocab), kv_cache=native and block_size is None,
-                       block_size=block_size)
+                       block_size=block_size, attention=family.attention if native else "full")
 
 
 @torch.no_grad()

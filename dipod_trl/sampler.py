@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .block_cache import KV_CACHE_MODES, BlockCache
+from .families import unwrap
 from .models import DiffusionLM
 
 
@@ -81,6 +82,7 @@ def diffusion_generate(
     top_k: int = 0,
     top_p: float = 1.0,
     pad_token_id: int = 0,
+    sampler_settings: dict | None = None,
 ) -> torch.Tensor:
     """Generate `gen_length` tokens after each left-padded prompt; returns the completions `(B, gen_length)`.
 
@@ -96,10 +98,22 @@ def diffusion_generate(
     The lm-head runs on the active block only (`adapter.sparse_logits`) and noise is drawn for masked positions only.
     `top_k` / `top_p` filter the proposal distribution; confidences are read from the filtered distribution.
 
-    Block-diffusion models go to `block_diffusion_generate`, with `block_steps(steps, gen_length, block)` steps per
+    Encoder-decoder canvas models (DiffusionGemma) sample with their own `generate` (`canvas_generate`): their
+    knobs are `sampler_settings` (`canvas_sampler.SAMPLER_SETTINGS`, e.g. `t_min`, `t_max`), `steps` is spread over
+    the canvases as `max_denoising_steps` (`None`: the generation config's), `temperature` scales the temperature
+    schedule (`t_min`, `t_max`), and the mask-sampler knobs (remasking, threshold, guidance, cache, top-k/top-p)
+    are refused by name. Block-diffusion
+    models go to `block_diffusion_generate`, with `block_steps(steps, gen_length, block)` steps per
     block; `gen_length` need not be a multiple of their block size (the last block is generated whole and cut).
     Their `kv_cache` is `"prefix"` (exact, the default `None`) or `"none"` (recompute every step).
     """
+    if adapter.attention == "encoder_decoder":
+        return _generate_canvases(model, prompt_ids, prompt_mask, gen_length, block_length, steps, temperature,
+                                  remasking, cfg_scale, threshold, kv_cache, eos_token_ids, stats, top_k, top_p,
+                                  pad_token_id, sampler_settings)
+    if sampler_settings:
+        raise ValueError(f"Unknown sampler setting(s) {sorted(sampler_settings)} (generation_kwargs): this sampler "
+                         "takes none; use the named DiPODConfig knobs (temperature, top_k, top_p, remasking, ...).")
     if adapter.block_size is not None:
         return _generate_blocks(model, adapter, prompt_ids, prompt_mask, gen_length, block_length, steps, temperature,
                                 remasking, cfg_scale, generator, threshold, kv_cache, eos_token_ids, stats, top_k,
@@ -187,6 +201,28 @@ def _generate_blocks(model, adapter, prompt_ids, prompt_mask, gen_length, block_
         stats=stats)
 
 
+def _generate_canvases(model, prompt_ids, prompt_mask, gen_length, block_length, steps, temperature, remasking,
+                       cfg_scale, threshold, kv_cache, eos_token_ids, stats, top_k, top_p, pad_token_id,
+                       sampler_settings):
+    from .canvas_sampler import canvas_generate, check_mask_sampler_knobs
+
+    check_mask_sampler_knobs(remasking=remasking, decoding_threshold=threshold, cfg_scale=cfg_scale,
+                             kv_cache=kv_cache, top_k=top_k, top_p=top_p)
+    settings = dict(sampler_settings or {})
+    generation = unwrap(model).generation_config
+    if temperature != 1.0 and "t_min" not in settings and "t_max" not in settings:
+        # generate's temperature at step n is t_min + (t_max - t_min) n / N: scaling both ends scales every step.
+        # It has no greedy mode: temperature 0 takes the near-greedy schedule (1e-4, 2e-4).
+        t_min, t_max = (1e-4, 2e-4) if temperature <= 0 else (generation.t_min, generation.t_max)
+        scale = 1.0 if temperature <= 0 else temperature
+        settings.update(t_min=scale * t_min, t_max=scale * t_max)
+    canvas = getattr(unwrap(model).config, "canvas_length", None) or block_length
+    if steps is not None and "max_denoising_steps" not in settings:
+        settings["max_denoising_steps"] = max(1, steps // -(-gen_length // canvas))
+    return canvas_generate(model, prompt_ids, prompt_mask, gen_length=gen_length, eos_token_ids=eos_token_ids,
+                           pad_token_id=pad_token_id, stats=stats, **settings)
+
+
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Keep the `top_k` largest logits and the smallest nucleus of mass `>= top_p` (the rest set to -inf)."""
     if top_k and 0 < top_k < logits.size(-1):
@@ -210,7 +246,9 @@ def _propose(
     """
     chosen = logits[masked]
     chosen[:, mask_id] = -torch.inf
-    chosen = filter_logits(chosen, top_k, top_p)
+    if top_k or (top_p is not None and top_p < 1.0):  # TRL's order: temperature first, then the filters
+        support = filter_logits(chosen / temperature if temperature > 0 else chosen, top_k, top_p) > -torch.inf
+        chosen = chosen.masked_fill(~support, -torch.inf)
     tokens = gumbel_argmax(chosen, temperature, generator)
     if remasking == "low_confidence":
         probs = torch.softmax(chosen.float(), dim=-1)

@@ -18,17 +18,18 @@ from contextlib import contextmanager
 
 import torch
 from accelerate.utils import gather, send_to_device
-from transformers import GenerationConfig, PretrainedConfig, TrainerState
+from transformers import AutoTokenizer, GenerationConfig, PretrainedConfig
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
 from . import losses
-from .checkpoints import check_checkpoint, resolve_resume
+from .checkpoints import check_checkpoint, read_trainer_state, resolve_resume
 from .config import DiPODConfig
 from .estimators import iteration_seeds, per_token_weights, sample_seeds
 from .families import family_of_model
 from .families.adapters import adapter_to_original_format, read_adapter_weights
+from .grpo_contract import check_contract
 from .guard import NonFiniteGuard
 from .likelihood import elbo_draws, elbo_per_token, eos_convention, one_step_logps
 from .models import diffusion_adapter, load_diffusion_model
@@ -38,6 +39,7 @@ from .validation import (
     BlankPromptFilter,
     check_dataset,
     check_length,
+    check_noise_settings,
     check_special_tokens,
     checked_reward,
     max_positions,
@@ -47,15 +49,28 @@ from .validation import (
 class DiPODTrainer(GRPOTrainer):
     """Trainer for RL post-training of masked diffusion LMs (LLaDA, Dream, masked LMs) with DiPOD.
 
-    A drop-in replacement for `trl.GRPOTrainer`:
+    A drop-in replacement for `trl.GRPOTrainer` (every `GRPOConfig` field is honoured, mapped or refused by name:
+    `dipod_trl.grpo_contract`). LLaDA loads natively, without remote code:
 
     ```python
+    from datasets import Dataset
+
     from dipod_trl import DiPODConfig, DiPODTrainer
+
+    dataset = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": "What is 6 * 7?"}], "answer": "42"},
+        {"prompt": [{"role": "user", "content": "What is 9 + 8?"}], "answer": "17"},
+    ])
+
+
+    def correctness_reward(completions, answer, **kwargs):
+        return [float(truth in completion[0]["content"]) for completion, truth in zip(completions, answer)]
+
 
     trainer = DiPODTrainer(
         model="GSAI-ML/LLaDA-8B-Instruct",
-        reward_funcs=[correctness_reward],
-        args=DiPODConfig(output_dir="llada-dipod", trust_remote_code=True, max_completion_length=256),
+        reward_funcs=correctness_reward,
+        args=DiPODConfig(output_dir="llada-dipod", max_completion_length=256),
         train_dataset=dataset,
     )
     trainer.train()
@@ -64,6 +79,17 @@ class DiPODTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "dipod", "diffusion-lm"]
     _name = "DiPOD"
+    # Model cards cite DiPOD (TRL's `_paper` mechanism). The release (github.com/Astro-Eric/DiPOD-release) gives no
+    # BibTeX, authors or arXiv id, so the entry cites the title and the repository only.
+    _paper = {
+        "title": "Diffusion Policy Optimization without Drifting Apart",
+        "citation": (
+            "@misc{dipod,\n"
+            "    title        = {{Diffusion Policy Optimization without Drifting Apart}},\n"
+            "    howpublished = {\\url{https://github.com/Astro-Eric/DiPOD-release}},\n"
+            "}"
+        ),
+    }
 
     def __init__(self, model, reward_funcs=None, args: DiPODConfig | None = None, train_dataset=None, **kwargs):
         if args is None:
@@ -71,6 +97,7 @@ class DiPODTrainer(GRPOTrainer):
             args = DiPODConfig(f"{name.split('/')[-1]}-DiPOD")
         if not isinstance(args, DiPODConfig):
             raise TypeError(f"args must be a DiPODConfig, got {type(args).__name__}.")
+        check_contract(args)  # again: fields changed after the config was built are refused too
         for unsupported in ("tools", "rollout_func", "environment_factory"):
             if kwargs.get(unsupported) is not None:
                 raise ValueError(f"`{unsupported}` needs autoregressive multi-turn generation; DiPOD does not do it.")
@@ -101,9 +128,17 @@ class DiPODTrainer(GRPOTrainer):
             )
         family = family_of_model(model) if isinstance(getattr(model, "config", None), PretrainedConfig) else None
         self.family = family if family is not None and isinstance(model, family.model_class) else None
+        if self.family is not None and kwargs.get("processing_class") is None:  # text RL: the tokenizer is enough
+            kwargs["processing_class"] = AutoTokenizer.from_pretrained(model.config._name_or_path)
+        if self.family is not None and kwargs.get("peft_config") is None:  # full fine-tune: the recipe's frozen part
+            self.family.freeze_parameters(model)
         if self.family is not None and kwargs.get("peft_config") is not None:  # the family's LoRA names and preset
             peft_config = kwargs["peft_config"]
             peft_config.target_modules = self.family.native_lora_targets(peft_config.target_modules)
+            if peft_config.task_type == "CAUSAL_LM" and not hasattr(model, "prepare_inputs_for_generation"):
+                # TRL's ModelConfig asks for PEFT's causal-LM wrapper, which hooks the autoregressive `generate`; a
+                # model with its own generate (DiffusionGemma) has no such hook and gets the plain PeftModel.
+                peft_config.task_type = None
         # Consumed above (TRL would warn that they are ignored for an instance). For a native family, TRL's reference
         # model must not run the Hub code: with trust_remote_code off, the Auto classes resolve to the native class
         # that `dipod_trl.families` registered.
@@ -118,7 +153,9 @@ class DiPODTrainer(GRPOTrainer):
             self.model, self._tokenizer, args.mask_token_id, args.shifted_logits, args.check_bidirectional,
             args.attend_to_padding,
         )
-        args.resolve_blocks(self.dllm.block_size)  # the model's block structure decides block_length
+        # The model's structure decides block_length (a canvas model's steps default to its generation config)
+        args.resolve_blocks(self.dllm.block_size, default_steps=self.dllm.attention != "encoder_decoder")
+        self._noise_options = check_noise_settings(args, self.dllm, self._tokenizer.eos_token_id, self.eos_token_ids)
         self._active_seeds: torch.Tensor | None = None
         self.num_skipped_rewards = 0  # completions no reward function could score (None/NaN): advantage set to 0
         self.guard = NonFiniteGuard(args.max_consecutive_nonfinite)
@@ -162,8 +199,8 @@ class DiPODTrainer(GRPOTrainer):
         args = self.args
         checkpoint = resolve_resume(resume_from_checkpoint, args.output_dir, args.world_size)
         if checkpoint is not None:
-            state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
-            mid_cycle = state.global_step * args.gradient_accumulation_steps % (
+            state = read_trainer_state(checkpoint)  # a damaged one is refused by name; a missing one below
+            mid_cycle = state is not None and state.global_step * args.gradient_accumulation_steps % (
                 args.steps_per_generation * args.num_iterations) != 0
             rollouts = [f"rollouts_{i}.pt" for i in range(args.world_size)] if mid_cycle else []
             check_checkpoint(checkpoint, args.world_size, args.resume_incomplete_checkpoint, also_required=rollouts)
@@ -259,6 +296,7 @@ class DiPODTrainer(GRPOTrainer):
                 top_k=args.top_k,
                 top_p=args.top_p,
                 pad_token_id=self._tokenizer.pad_token_id,
+                sampler_settings=args.generation_kwargs,
                 generator=None,  # the global RNG: seeded per rank by TRL and saved/restored with checkpoints
             )
         # Cut after the first end-of-sequence token, as TRL does: what follows is padding of the canvas.
@@ -329,7 +367,8 @@ class DiPODTrainer(GRPOTrainer):
     def _elbo_kwargs(self, scored: torch.Tensor) -> dict:
         args = self.args
         return dict(masking=args.elbo_masking, scored=scored, block_length=args.block_length,
-                    p_mask_context=args.p_mask_prompt, batch_size=args.elbo_batch_size)
+                    p_mask_context=args.p_mask_prompt, batch_size=args.elbo_batch_size,
+                    noise_options=self._noise_options)
 
     # ----------------------------------------------------------------------------------------------------------------
     # 3. Per-token likelihood terms

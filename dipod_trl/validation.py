@@ -153,3 +153,43 @@ def checked_reward(func: Callable, name: str) -> Callable:
                              updated=())
     checked.__name__ = name
     return checked
+
+
+def check_noise_settings(args, adapter, fill_token_id: int | None, eos_token_ids: Sequence[int]) -> dict | None:
+    """Refuse knobs that the model's noise or sampler does not read, naming them; the likelihood's options for
+    uniform noise.
+
+    Uniform-noise models (DiffusionGemma) have no mask token and no unmasking order: no `one_step`, no mask schemes
+    but plain corruption draws, and the attention mask must stop at the first EOS (`after_eos="hidden"`). Mask-noise
+    models must leave the uniform-noise knobs at their defaults. Encoder-decoder models sample with their own
+    `generate`: `generation_kwargs` are its knobs, and the mask-token samplers' knobs are refused; the other samplers
+    take no `generation_kwargs`. All of it at start-up, not at the first rollout.
+    """
+    if adapter.attention == "encoder_decoder":  # sampled by the model's own generate (canvas_sampler)
+        from .canvas_sampler import MASK_SAMPLER_KNOBS, check_mask_sampler_knobs, generation_kwargs
+
+        check_mask_sampler_knobs(**{name: getattr(args, name) for name in MASK_SAMPLER_KNOBS})
+        generation_kwargs(**(args.generation_kwargs or {}))  # refuses unknown and ignored keys by name
+    elif args.generation_kwargs:
+        raise ValueError(f"generation_kwargs {sorted(args.generation_kwargs)}: this model's diffusion sampler takes "
+                         "none (they are DiffusionGemma's); use the named DiPODConfig knobs (diffusion_steps, "
+                         "temperature, top_k, top_p, remasking, ...).")
+    if adapter.noise == "mask":
+        bad = [name for name, default in (("uniform_likelihood", "training"), ("self_conditioning", "none"))
+               if getattr(args, name) != default]
+        if bad:
+            raise ValueError(f"{bad}: these knobs are for uniform-noise models (DiffusionGemma); this model "
+                             "corrupts with a mask token. Leave them unset.")
+        if args.generation_kwargs:
+            raise ValueError(f"generation_kwargs {sorted(args.generation_kwargs)}: this model's diffusion sampler "
+                             "takes no extra keys; use the named DiPODConfig knobs (temperature, top_k, top_p, "
+                             "remasking, decoding_threshold, ...).")
+        return None
+    bad = [name for name, ok in (("likelihood_estimator", args.likelihood_estimator != "one_step"),
+                                 ("elbo_masking", args.elbo_masking == "uniform"),
+                                 ("after_eos", args.after_eos == "hidden")) if not ok]
+    if bad:
+        raise ValueError(f"{bad}: a uniform-noise model (DiffusionGemma) has no mask token; use "
+                         "likelihood_estimator 'elbo' or 'spg', elbo_masking 'uniform', after_eos 'hidden'.")
+    return dict(estimator=args.uniform_likelihood, self_conditioning=args.self_conditioning,
+                fill_token_id=fill_token_id, eos_token_ids=list(eos_token_ids))

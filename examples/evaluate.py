@@ -5,6 +5,9 @@ and score every item with the same parsing and reward code used in training::
 
     python examples/evaluate.py --generations gsm8k_instruct_256_128_0.json --task gsm8k [--output verdicts.json]
 
+An empty file, an unreadable one (the error names it) and items without ``ground_truth`` are refused with one
+``error:`` line and exit status 2; ``--skip_missing`` skips those items instead, and says how many.
+
 Generation mode: sample on the task's test split with the diffusion sampler (batched, progress bar), save the
 generations and verdicts as JSON (``--output``, default ``eval_<task>.json``) and print the accuracy::
 
@@ -54,12 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds per math-verify check before the answer counts as wrong (training uses 0.5; "
                         "evaluation is generous so verdicts do not depend on machine load)")
     parser.add_argument("--output", type=Path, default=None, help="write summary plus per-item verdicts here")
+    parser.add_argument("--skip_missing", action="store_true",
+                        help="skip (and count) items without ground_truth instead of refusing the file")
     return parser
 
 
-def rescore(task: str, generations: Path, output: Path | None = None) -> dict[str, Any]:
-    """Score a generation file; write the full report to ``output`` if given; return the summary."""
-    report = score_generations(task, load_generations(generations))
+def rescore(task: str, generations: Path, output: Path | None = None, skip_missing: bool = False) -> dict[str, Any]:
+    """Score a generation file; write the full report to ``output`` if given; return the summary.
+
+    Items without ground truth are refused, or with ``skip_missing`` skipped, counted and reported on stderr."""
+    items = load_generations(generations)
+    report = score_generations(task, items, skip_missing=skip_missing, source=generations)
+    if report.get("skipped_missing_ground_truth"):
+        print(f"note: skipped {report['skipped_missing_ground_truth']} of {len(items)} items without ground_truth "
+              f"in {generations} (--skip_missing); accuracy is over the other {report['n']}.", file=sys.stderr)
     report["source"] = str(generations)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -79,9 +90,10 @@ def generate_and_score(args: argparse.Namespace) -> dict[str, Any]:
     dtype = getattr(torch, args.dtype) if device == "cuda" else torch.float32
     model = load_diffusion_model(args.model, trust_remote_code=args.trust_remote_code, dtype=dtype).to(device)
     if args.adapter:  # PEFT's format, or LLaDA's original module names as dipod_trl saves them
-        from dipod_trl.families.adapters import load_adapter
+        from dipod_trl.families.adapters import load_adapter, merged_for_inference
 
-        model = load_adapter(model, args.adapter).merge_and_unload()
+        # merged, except where adapted layers share tied base weights (DiffusionGemma's encoder and decoder)
+        model = merged_for_inference(load_adapter(model, args.adapter))
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     dataset = get_task(args.task).load(args.dataset_path, split="test")
@@ -111,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.model:
                 summary = generate_and_score(args)
             else:
-                summary = rescore(args.task, args.generations, args.output)
+                summary = rescore(args.task, args.generations, args.output, args.skip_missing)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     finally:

@@ -51,7 +51,7 @@ def release(task: str, run: str) -> dict:
 
 
 RUNS = sorted((p.parent.name, p.stem) for p in RECIPES.glob("*/*.yaml")
-              if p.parent.name in TASKS and not p.stem.startswith("tiny"))
+              if p.parent.name in TASKS and not p.stem.startswith(("tiny", "diffusiongemma")))
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(DiPODConfig)}
 
 
@@ -191,3 +191,19 @@ def test_block_dipod_runs_differ_from_their_baseline_only_by_dipod_beta(model, e
     dipod = yaml.safe_load((BLOCK_RECIPES / f"{model}_{estimator}_dipod.yaml").read_text())
     differ = {k for k in base.keys() | dipod.keys() if base.get(k) != dipod.get(k)}
     assert differ == {"dipod_beta", "output_dir"}, differ
+
+
+def test_diffusiongemma_recipe_parses_and_every_value_is_sourced():
+    """recipes/gsm8k/diffusiongemma_fpo_dipod.yaml: TRL's SFT recipe's LoRA (r 16, alpha 32), FPO + DiPOD, sourced."""
+    path = RECIPES / "gsm8k" / "diffusiongemma_fpo_dipod.yaml"
+    text = path.read_text()
+    script_args, args, model_args = _parse_like_the_example(path)
+    assert model_args.model_name_or_path == "google/diffusiongemma-26B-A4B-it" and model_args.use_peft
+    assert (model_args.lora_r, model_args.lora_alpha) == (16, 32)
+    assert args.likelihood_estimator == "elbo" and args.dipod_beta == 0.05 and args.uniform_likelihood == "training"
+    assert args.block_length is None and args.diffusion_steps is None  # the canvas and generate's steps
+    args.resolve_blocks(256, default_steps=False)
+    assert args.block_length == 256 and args.diffusion_steps is None
+    unsourced = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+                 and not re.search(r"#\s*(source|ours):", line)]
+    assert not unsourced, unsourced

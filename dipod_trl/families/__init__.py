@@ -1,7 +1,8 @@
 """Diffusion-LM families loaded natively into transformers' own classes (no remote code): one module per family.
 
 Importing this package registers each family with transformers' Auto classes and conversion mappings, so that
-`AutoModelForCausalLM.from_pretrained("GSAI-ML/LLaDA-8B-Instruct")` builds the native class without remote code.
+`AutoModelForCausalLM.from_pretrained("GSAI-ML/LLaDA-8B-Instruct")` builds the native class without remote code,
+and its LoRA preset with PEFT's default targets, so that `get_peft_model(model, LoraConfig())` finds its modules.
 """
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ def family_of_model(model) -> ModelFamily | None:
 
 
 def _register() -> None:
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LORA_TARGETS
     from transformers.conversion_mapping import register_checkpoint_conversion_mapping
     from transformers.core_model_loading import WeightRenaming
 
     for family in FAMILIES:
         model_type = family.config_class.model_type
+        preset = family.native_lora_targets(None)
+        if not isinstance(preset, str):  # PEFT's default targets, so `get_peft_model(model, LoraConfig())` works
+            LORA_TARGETS.setdefault(model_type, list(preset))
         if family.register_auto:  # not for transformers' own classes (DiffusionGemma), known to its Auto classes
             AutoConfig.register(model_type, family.config_class, exist_ok=True)
             AutoModelForCausalLM.register(family.config_class, family.model_class, exist_ok=True)

@@ -57,6 +57,21 @@ def load_adapter(model, directory: str, is_trainable: bool = False):
     return peft_model
 
 
+def merged_for_inference(peft_model):
+    """`peft_model.merge_and_unload()` where merging keeps the model's function; else `peft_model` itself, unmerged.
+
+    Merging writes each adapter's delta into its layer's base weight. Where two adapted layers share one base weight
+    (DiffusionGemma: the encoder's text layers are tied to the decoder's, and each side gets its own adapter, as in
+    TRL's recipe), both deltas would land in the shared tensor and each side would compute with the other's too.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    weights = [m.get_base_layer().weight for m in peft_model.modules() if isinstance(m, LoraLayer)]
+    if len({id(w) for w in weights}) < len(weights):
+        return peft_model
+    return peft_model.merge_and_unload()
+
+
 def native_targets_of(family: ModelFamily, target_modules):
     """Module-name suffixes for the native model from a saved `target_modules` (an original-format regex or a list)."""
     if not isinstance(target_modules, str) or target_modules == "all-linear":

@@ -47,6 +47,9 @@ class ModelFamily:
     default_block_size: int | None = None  # trained block size, where the config does not say (`block_size`)
     noise: str = "mask"  # corruption: "mask" (absorbing mask token)
     register_auto: bool = True  # register config/model with AutoConfig, AutoModel, AutoModelForCausalLM on import
+    # Parameters a full fine-tune keeps frozen, as the family's reference recipe does: regexes searched in the
+    # parameter names (DiffusionGemma: the MoE router). LoRA freezes every base weight anyway.
+    frozen_parameters: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.attention not in ATTENTION_PATTERNS:
@@ -60,6 +63,14 @@ class ModelFamily:
         if self.attention != "block_causal":
             return None
         return int(getattr(config, "block_size", None) or self.default_block_size)
+
+    def freeze_parameters(self, model: nn.Module) -> list[str]:
+        """Set `requires_grad=False` on the family's `frozen_parameters` of `model`; returns their names."""
+        names = [name for name, _ in model.named_parameters()
+                 if any(re.search(pattern, name) for pattern in self.frozen_parameters)]
+        for name in names:
+            model.get_parameter(name).requires_grad_(False)
+        return names
 
     def matches(self, config_dict: dict) -> bool:
         model_type = str(config_dict.get("model_type") or "").lower()

@@ -62,4 +62,7 @@ DIFFUSION_GEMMA = DiffusionGemmaFamily(
     default_block_size=DiffusionGemmaConfig.canvas_length,  # 256, the config's default
     noise="uniform",
     register_auto=False,
+    # TRL's recipe: "Drop `--use_peft` for full fine-tuning, which keeps the MoE router frozen like the reference
+    # recipe" (`router.proj`, `router.scale`, `router.per_expert_scale` of every encoder/decoder text layer).
+    frozen_parameters=(r"\.router\.",),
 )

@@ -123,7 +123,7 @@ trainer = DiPODTrainer(sys.argv[1], [varied], config, Dataset.from_dict({"prompt
                        processing_class=AutoTokenizer.from_pretrained(sys.argv[1]))
 trainer.train()
 params = trainer.accelerator.unwrap_model(trainer.model).parameters()
-print("RESULT", json.dumps({"skipped": trainer.guard.skipped, "finite": all(torch.isfinite(p).all().item() for p in params)}))
+print("RESULT " + json.dumps({"skipped": trainer.guard.skipped, "finite": all(torch.isfinite(p).all().item() for p in params)}) + chr(10), end="", flush=True)  # one write
 '''
 
 
@@ -132,6 +132,7 @@ def test_deepspeed_zero2_skips_and_counts_non_finite_updates(tmp_path, tiny_mode
     """Under DeepSpeed the step happens inside backward; its overflow check skips, the guard counts on every rank."""
     import json
     import os
+    import re
     import subprocess
     import sys
     from pathlib import Path
@@ -145,5 +146,6 @@ def test_deepspeed_zero2_skips_and_counts_non_finite_updates(tmp_path, tiny_mode
          str(root / "recipes/accelerate/zero2.yaml"), str(script), str(tiny_model_dir), str(tmp_path / "out")],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = [json.loads(line.split("RESULT", 1)[1]) for line in proc.stdout.splitlines() if "RESULT" in line]
+    # the two ranks print concurrently, so their lines may interleave: read every `RESULT {...}` wherever it is
+    results = [json.loads(m) for m in re.findall(r"\{\"skipped\"[^}]*\}", proc.stdout)]
     assert len(results) == 2 and all(r == {"skipped": 2, "finite": True} for r in results), results
