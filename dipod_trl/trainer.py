@@ -376,7 +376,10 @@ class DiPODTrainer(GRPOTrainer):
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **unused
     ):
         seeds = self._active_seeds
-        if seeds is None or seeds.numel() != input_ids.size(0):
+        if seeds is None:  # called outside a rollout (TRL's signature): fresh seeds from the global RNG, so this
+            # estimate is not coupled to any other call
+            seeds = torch.randint(0, 2**31 - 1, (input_ids.size(0),), device=input_ids.device)
+        if seeds.numel() != input_ids.size(0):
             raise RuntimeError("Likelihood estimate requested without one mask seed per row (coupling would break).")
         iterations = [self._iteration()]
         rollout = getattr(self, "_rollout", None)
@@ -417,6 +420,9 @@ class DiPODTrainer(GRPOTrainer):
         scored = view[2]
         valid = scored.sum(-1) > 0
         lengths = scored.sum(-1) if args.sequence_aggregation == "length" else None
+        if not valid.any():  # every completion masked (e.g. all truncated with mask_truncated_completions)
+            self._log_mean(mode, "dipod/policy_loss", torch.zeros(()))
+            return self._zero_loss(model, inputs, view)
         with self._mask_seeds(inputs["mask_seeds"]):
             if args.likelihood_estimator == "one_step":
                 trl_inputs = {**inputs, "completion_mask": scored.to(inputs["completion_mask"].dtype)}
@@ -437,6 +443,17 @@ class DiPODTrainer(GRPOTrainer):
             self._log_mean(mode, "dipod/regularizer", regularizer.detach())
         self._log_mean(mode, "dipod/policy_loss", policy_loss)
         return loss
+
+    def _zero_loss(self, model, inputs, view) -> torch.Tensor:
+        """Loss 0 with zero gradients, as TRL gives a batch with nothing to score: one scored position keeps the
+        graph, so that backward (and DeepSpeed's step) runs as for any batch."""
+        ids, attn, scored = view
+        first = torch.zeros_like(scored)
+        first[0, -1] = True
+        with self.accelerator.autocast():
+            logps, _, _ = elbo_draws(model, self.dllm, ids, attn, scored.size(1), inputs["mask_seeds"], 1,
+                                     **self._elbo_kwargs(first))
+        return logps.sum() * 0.0
 
     def _sequence_elbo(self, model, inputs, view) -> torch.Tensor:
         """Per-sequence ELBO of the batch's completions under `model`, with gradients (one_step's DiPOD term)."""

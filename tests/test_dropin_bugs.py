@@ -233,3 +233,34 @@ def test_presets_are_registered_without_touching_peft_entries():
         else:
             assert targets[family.config_class.model_type] == list(preset)
     assert targets["llama"] == ["q_proj", "v_proj"]
+
+
+# ---------------------------------------------------------------------------------------- all-masked batch, outside
+@pytest.mark.parametrize("estimator", ["elbo", "spg", "one_step"])
+def test_a_batch_whose_completions_are_all_masked_gives_loss_zero(tmp_path, tokenizer, estimator):
+    """Every completion truncated and `mask_truncated_completions=True`: loss 0 and zero gradients, as TRL does
+    (the ELBO estimators crashed in backward: nothing required grad)."""
+    model = build_tiny_model(tokenizer, "modernbert")
+    args = tiny_config(tmp_path, likelihood_estimator=estimator, mask_truncated_completions=True, stop_at_eos=False,
+                       max_grad_norm=0.0, weight_decay=0.0, save_strategy="no")
+    eos = tokenizer.eos_token_id
+    with torch.no_grad():  # the model never proposes EOS: every completion runs to the end of the canvas
+        model.get_output_embeddings().bias[eos] = -1e4
+    trainer = DiPODTrainer(model, [digit_reward], args=args, train_dataset=Dataset.from_dict(
+        {"prompt": [f"q{i}:" for i in range(8)]}), processing_class=tokenizer)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(loss == 0.0 for loss in losses)
+
+
+def test_per_token_logps_work_outside_a_rollout_with_fresh_seeds(tmp_path, tokenizer):
+    """TRL's signature, called by user code outside a rollout: fresh mask seeds from the global RNG (documented)."""
+    trainer = tiny_trainer(tokenizer, tmp_path)
+    ids = torch.randint(5, 50, (3, 12))
+    mask = torch.ones_like(ids)
+    torch.manual_seed(0)
+    first, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 8)
+    torch.manual_seed(0)
+    again, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 8)
+    assert first.shape == (3, 8) and torch.isfinite(first).all() and (first != 0).any()
+    assert torch.equal(first, again)  # the seeds come from torch's RNG, so a seeded call is reproducible
