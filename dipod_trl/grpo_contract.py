@@ -109,8 +109,9 @@ GROUPS: tuple[tuple[str, dict[str, Entry | dict[str, Entry]]], ...] = (
                                       "classes without Hub code whatever its value; it is needed only for other "
                                       "remote-code models or native_model_families=False"),
         "router_aux_loss_coef": refused(
-            "DiPOD's likelihood forwards do not request router logits, so the MoE load-balancing loss is not added; "
-            "set router_aux_loss_coef=0.0 (or leave it unset)", allowed=(0.0,)),
+            "DiPOD's likelihood forwards pass 4-D block masks, which transformers' MoE load-balancing loss cannot "
+            "take, so no aux loss is added: leave it unset (TRL would take the model config's coefficient; DiPOD "
+            "warns that it is not applied) or set router_aux_loss_coef=0.0", allowed=(0.0,)),
         "disable_dropout": honoured(),
         "cast_lm_head_to_fp32": honoured("TRL casts the model's `lm_head` (models that have one), which every "
                                          "sampler and likelihood forward goes through"),

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import torch
 from accelerate.utils import gather, send_to_device
 from transformers import AutoTokenizer, GenerationConfig, PretrainedConfig
+from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
@@ -44,6 +45,8 @@ from .validation import (
     checked_reward,
     max_positions,
 )
+
+logger = logging.get_logger(__name__)
 
 
 class DiPODTrainer(GRPOTrainer):
@@ -155,6 +158,13 @@ class DiPODTrainer(GRPOTrainer):
         )
         # The model's structure decides block_length (a canvas model's steps default to its generation config)
         args.resolve_blocks(self.dllm.block_size, default_steps=self.dllm.attention != "encoder_decoder")
+        if self.aux_loss_enabled:  # TRL took the MoE config's coefficient (router_aux_loss_coef=None)
+            logger.warning(
+                "router_aux_loss_coef: the model config's %s is not applied. transformers' load-balancing loss takes "
+                "a 2-D padding mask and DiPOD's likelihood forwards pass 4-D block masks, so no aux loss is added "
+                "(set router_aux_loss_coef=0.0 to say so explicitly; values > 0 are refused).",
+                self.router_aux_loss_coef)
+            self.aux_loss_enabled, self.router_aux_loss_coef = False, 0.0
         self._noise_options = check_noise_settings(args, self.dllm, self._tokenizer.eos_token_id, self.eos_token_ids)
         self._active_seeds: torch.Tensor | None = None
         self.num_skipped_rewards = 0  # completions no reward function could score (None/NaN): advantage set to 0
@@ -373,7 +383,8 @@ class DiPODTrainer(GRPOTrainer):
     # ----------------------------------------------------------------------------------------------------------------
     # 3. Per-token likelihood terms
     def _get_per_token_logps_and_entropies(
-        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **unused
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
+        **unused
     ):
         seeds = self._active_seeds
         if seeds is None:  # called outside a rollout (TRL's signature): fresh seeds from the global RNG, so this

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_evaluate import load_cli
-from test_families_training import _script_args
+from test_families_training import _script_args, deepspeed_run_saves_hub_format, lora_run_and_resume
 from test_trainer import digit_reward, logged, make_config, make_dataset
 from transformers import AutoTokenizer
 
@@ -107,20 +107,10 @@ LORA_MODULES = {"sdar-tiny": 2 * 7, "sdar-moe-tiny": 2 * 4, "llada2-tiny": 2 * 7
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_lora_run_resumes_exactly_and_evaluates(tmp_path, name):
     """LoRA with the family preset: routed experts and router frozen, exact resume, evaluate.py on the adapter."""
-    common = ["--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1", "--use_peft", "true",
-              "--lora_r", "4"]
-    full = main("gsm8k", _script_args(tmp_path / "a", name, *common))
-    out = tmp_path / "a" / "out"
-    saved = load_file(str(out / "adapter_model.safetensors"))
+    full, saved, out = lora_run_and_resume(tmp_path, name)
     assert len(saved) == 2 * LORA_MODULES[name]  # A and B per adapted module
     assert not [k for k in saved if _is_routed_expert_or_router(k)]
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in saved.items() if "lora_B" in k)  # trained
-
-    resumed = main("gsm8k", _script_args(tmp_path / "b", name, *common, "--resume_from_checkpoint",
-                                         str(out / "checkpoint-2")))
-    again = load_file(str(tmp_path / "b" / "out" / "adapter_model.safetensors"))
-    assert sorted(saved) == sorted(again) and all(torch.allclose(saved[k], again[k], atol=1e-6) for k in saved)
-    assert logged(full, "reward")[-1] == logged(resumed, "reward")[-1]
     assert all(torch.isfinite(torch.tensor(logged(full, "dipod/elbo"))))  # llada2: 16 tokens, a partial block
 
     report = tmp_path / "eval.json"
@@ -149,16 +139,19 @@ def test_full_model_checkpoint_of_an_moe_in_hub_names_resumes_exactly(tmp_path):
 @pytest.mark.distributed
 @pytest.mark.parametrize("name, stage", [("llada2-tiny", "zero3"), ("sdar-moe-tiny", "zero2")])
 def test_two_process_deepspeed_run_saves_hub_format(tmp_path, name, stage):
-    pytest.importorskip("deepspeed")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
-           str(ROOT / "recipes/accelerate" / f"{stage}.yaml"), str(ROOT / "examples/gsm8k.py"),
-           *_script_args(tmp_path, name, "--max_steps", "2", "--beta", "0.04", "--write_rank_checksums", "true")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = tmp_path / "out"
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert all(r["global_step"] == 2 for r in ranks) and ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
-    saved, hub = load_file(str(out / "model.safetensors")), load_file(str(SHARED / name / "model.safetensors"))
-    assert sorted(saved) == sorted(hub) and all(saved[k].shape == hub[k].shape for k in hub)  # whole, Hub names
-    assert any(not torch.equal(saved[k], hub[k]) for k in hub)  # trained
+    saved, hub = deepspeed_run_saves_hub_format(tmp_path, name, stage)
     assert all(torch.allclose(saved[k], hub[k], atol=1e-2) for k in hub)  # 2 small steps from the Hub weights
+
+
+@pytest.mark.parametrize("estimator", ["elbo", "one_step", "spg"])
+def test_moe_config_aux_coefficient_is_not_applied_and_one_step_trains(tmp_path, estimator):
+    """SDAR-MoE's config has router_aux_loss_coef 0.001, which TRL takes when the field is unset: under one_step
+    that crashed on `coef * None`. DiPOD says it is not applied (a warning naming the field) and trains."""
+    args = make_config(tmp_path, likelihood_estimator=estimator, max_steps=1, block_length=None,
+                       per_device_train_batch_size=4)
+    trainer = DiPODTrainer(str(SHARED / "sdar-moe-tiny"), [digit_reward], args=args, train_dataset=make_dataset())
+    assert not trainer.aux_loss_enabled and trainer.router_aux_loss_coef == 0.0
+    trainer.train()
+    assert logged(trainer, "loss") and not logged(trainer, "aux_loss")
+    with pytest.raises(ValueError, match="router_aux_loss_coef"):
+        make_config(tmp_path, router_aux_loss_coef=0.01)

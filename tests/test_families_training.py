@@ -49,23 +49,30 @@ def _script_args(tmp_path, name, *extra):
             "--output_dir", str(tmp_path / "out"), *extra]
 
 
+LORA_RUN = ["--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1", "--use_peft", "true", "--lora_r", "4"]
+
+
+def lora_run_and_resume(tmp_path, name):
+    """A 3-step LoRA run of `name` (saving every step) and the same run resumed from checkpoint-2; checks that the
+    resumed adapter (1e-6) and last reward equal the uninterrupted run's. Returns `(trainer, saved adapter, out dir)`."""
+    full = main("gsm8k", _script_args(tmp_path / "a", name, *LORA_RUN))
+    out = tmp_path / "a" / "out"
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    resumed = main("gsm8k", _script_args(tmp_path / "b", name, *LORA_RUN, "--resume_from_checkpoint",
+                                         str(out / "checkpoint-2")))
+    again = load_file(str(tmp_path / "b" / "out" / "adapter_model.safetensors"))
+    assert sorted(saved) == sorted(again) and all(torch.allclose(saved[k], again[k], atol=1e-6) for k in saved)
+    assert logged(full, "reward")[-1] == logged(resumed, "reward")[-1]
+    return full, saved, out
+
+
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_lora_run_saves_hub_format_resumes_and_evaluates(tmp_path, name):
     """LoRA with the family preset: checkpoints in the original names, exact resume, evaluate.py on the adapter."""
-    common = ["--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1", "--use_peft", "true",
-              "--lora_r", "4"]
-    full = main("gsm8k", _script_args(tmp_path / "a", name, *common))
-    out = tmp_path / "a" / "out"
-    saved = load_file(str(out / "adapter_model.safetensors"))
+    _, saved, out = lora_run_and_resume(tmp_path, name)
     hub_modules = {k.rsplit(".", 1)[0] for k in load_file(str(SHARED / name / "model.safetensors"))}
     assert {re.sub(r"^base_model\.model\.|\.lora_[AB]\.weight$", "", k) for k in saved} <= hub_modules
     assert len(saved) == 2 * 2 * 7  # A and B for the 7 linear layers of each of the 2 blocks: the family preset
-
-    resumed = main("gsm8k", _script_args(tmp_path / "b", name, *common, "--resume_from_checkpoint",
-                                         str(out / "checkpoint-2")))
-    again = load_file(str(tmp_path / "b" / "out" / "adapter_model.safetensors"))
-    assert all(torch.allclose(saved[k], again[k], atol=1e-6) for k in saved)
-    assert logged(full, "reward")[-1] == logged(resumed, "reward")[-1]
 
     evaluate = load_cli().main
     report = tmp_path / "eval.json"
@@ -90,6 +97,12 @@ def test_full_model_checkpoint_in_llada_names_resumes_exactly(tmp_path):
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_two_process_deepspeed_run_saves_hub_format(tmp_path, name, stage):
+    deepspeed_run_saves_hub_format(tmp_path, name, stage)
+
+
+def deepspeed_run_saves_hub_format(tmp_path, name: str, stage: str) -> tuple[dict, dict]:
+    """2 steps of examples/gsm8k.py on 2 processes under DeepSpeed `stage`: both ranks end with the same weights, and
+    the saved model is whole, in the Hub names, and trained. Returns `(saved, hub)` state dicts."""
     pytest.importorskip("deepspeed")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
            str(ROOT / "recipes/accelerate" / f"{stage}.yaml"), str(ROOT / "examples/gsm8k.py"),
@@ -103,6 +116,7 @@ def test_two_process_deepspeed_run_saves_hub_format(tmp_path, name, stage):
     saved, hub = load_file(str(out / "model.safetensors")), load_file(str(SHARED / name / "model.safetensors"))
     assert sorted(saved) == sorted(hub) and all(saved[k].shape == hub[k].shape for k in hub)  # whole, Hub names
     assert any(not torch.equal(saved[k], hub[k]) for k in hub)  # trained
+    return saved, hub
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

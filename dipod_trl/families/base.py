@@ -189,6 +189,19 @@ class BlockDiffusionConfigMixin(OriginalFormatConfigMixin):
         return out
 
 
+def require_values(kwargs: dict, required: dict, family: str, native: str, fill: bool = False) -> None:
+    """Refuse config values the native computation does not reproduce (`required`: field -> the value it needs),
+    naming the field and the way out; `fill` writes the needed value for fields the config leaves out."""
+    for name, needed in required.items():
+        value = kwargs.setdefault(name, needed) if fill else kwargs.get(name, needed)
+        if value != needed:
+            raise ValueError(
+                f"This {family} config sets {name}={value!r}; the native ({native}) path reproduces {family} only "
+                f"with {name}={needed!r}. Load it with its own code instead: trust_remote_code=True and "
+                "native_model_families=False (needs a transformers version that code supports)."
+            )
+
+
 def hub_rope_fields(rope_parameters: dict | None) -> dict:
     """transformers' `rope_parameters` as the Hub's flat fields: `rope_theta`, `rope_scaling` (None for plain RoPE)
     and, where set, `partial_rotary_factor`."""

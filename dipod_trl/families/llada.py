@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from .base import BidirectionalMixin, ModelFamily, OriginalFormatConfigMixin
+from .base import BidirectionalMixin, ModelFamily, OriginalFormatConfigMixin, require_values
 
 # Options of LLaDA's code that the Llama computation does not reproduce: (field, value the native path needs).
 _REQUIRED = {
@@ -37,14 +37,7 @@ class LLaDAConfig(OriginalFormatConfigMixin, LlamaConfig):
 
     def __post_init__(self, **kwargs):
         self.use_cache = kwargs.pop("use_cache", False)
-        for name, needed in _REQUIRED.items():
-            value = kwargs.get(name, needed)
-            if value != needed:
-                raise ValueError(
-                    f"This LLaDA config sets {name}={value!r}; the native (Llama) path reproduces LLaDA only with "
-                    f"{name}={needed!r}. Load it with its own code instead: trust_remote_code=True and "
-                    "native_model_families=False (needs a transformers version that code supports)."
-                )
+        require_values(kwargs, _REQUIRED, "LLaDA", "Llama")
         super().__post_init__(**kwargs)
 
 

@@ -14,7 +14,7 @@ import torch
 from transformers import Glm4MoeConfig, Glm4MoeForCausalLM
 from transformers.core_model_loading import Split
 
-from .base import BlockCausalMixin, BlockDiffusionConfigMixin, ModelFamily
+from .base import BlockCausalMixin, BlockDiffusionConfigMixin, ModelFamily, require_values
 
 # Options that the GLM-4-MoE computation does not reproduce: (field, value the native path needs). Written to the
 # saved config, so the Hub code builds the same model (its class defaults `use_bias` to True).
@@ -48,14 +48,7 @@ class LLaDA2Config(BlockDiffusionConfigMixin, Glm4MoeConfig):
     pad_token_id: int | None = 126081
 
     def __post_init__(self, **kwargs):
-        for name, needed in _REQUIRED.items():
-            value = kwargs.setdefault(name, needed)
-            if value != needed:
-                raise ValueError(
-                    f"This LLaDA2 config sets {name}={value!r}; the native (GLM-4-MoE) path reproduces LLaDA2 only "
-                    f"with {name}={needed!r}. Load it with its own code instead: trust_remote_code=True and "
-                    "native_model_families=False (needs a transformers version that code supports)."
-                )
+        require_values(kwargs, _REQUIRED, "LLaDA2", "GLM-4-MoE", fill=True)
         for name in ("num_experts", "num_shared_experts"):
             if name in kwargs and kwargs[name] is None:
                 raise ValueError(f"This LLaDA2 config sets {name}=None; the native path needs a number (0 for no "
