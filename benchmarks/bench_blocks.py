@@ -57,7 +57,7 @@ def build(shape: str, quick: bool):
 
 def sizes(shape: str, quick: bool) -> dict:
     block = 4 if shape == "sdar" else 32
-    return dict(batch=2 if quick else 4, prompt=32 if quick else 96, gen=32 if quick else 128, block=block)
+    return dict(batch=2 if quick else 4, prompt=32 if quick else 96, gen=16 if quick else 128, block=block)
 
 
 def prompts(batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +178,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, 2 repeats (CI)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat (CI)")
     parser.add_argument("--output_dir", type=Path, default=Path(__file__).resolve().parent / "blocks")
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-memory probes (fresh interpreters)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
@@ -186,7 +186,7 @@ def main(argv=None) -> dict:
     if args.probe:
         _probe(args.probe, args.quick)
         return {}
-    repeats = 2 if args.quick else 5
+    repeats = 1 if args.quick else 5
     results = {
         "a": show("(a) generation, T=0: cached vs uncached (LLaDA2's generate)",
                   ["model", "block", "gen", "uncached s", "cached s", "speed-up", "uncached MiB", "cached MiB",
