@@ -75,8 +75,8 @@ _VLLM = ("only read with use_vllm=True, which is refused (DiPODTrainer samples w
          "remove it")
 _OWN_LOSS = ("the ELBO estimators train DiPOD's own sequence-level losses (dipod_trl.losses: FPO's PPO-clip on "
              "exp(ELBO_new - ELBO_old), SPG's ELBO/EUBO sandwich), not TRL's token-level loss")
-_NO_ENTROPY = ("the ELBO estimators compute no per-token entropies, so there is nothing to "
-               "{}; use likelihood_estimator='one_step', whose one-step forward gives TRL its entropies")
+_NO_ENTROPY = ("the ELBO estimators' losses are per sequence, so there is no per-token loss to "
+               "{}; use likelihood_estimator='one_step', whose token-level loss is TRL's")
 _LOSS_TYPE_ONLY = "only read with loss_type={!r}, which the ELBO estimators refuse (see loss_type); use one_step"
 _SPG_NO_RATIO = ("SPG's sandwich objective has no importance ratio to clip; spg_omega and spg_eubo_beta shape it "
                  "(or use likelihood_estimator='elbo')")
@@ -215,11 +215,16 @@ GROUPS: tuple[tuple[str, dict[str, Entry | dict[str, Entry]]], ...] = (
     }),
     ("Entropy", {
         "top_entropy_quantile": elbo_like(
-            refused(_NO_ENTROPY.format("take a quantile of")),
+            refused(_NO_ENTROPY.format("restrict to high-entropy tokens")),
             honoured("TRL's high-entropy token mask over the one-step forward's entropies at the scored positions")),
-        "entropy_coef": elbo_like(refused(_NO_ENTROPY.format("regularise")),
-                                  honoured("TRL's bonus on the one-step forward's mean entropy")),
-        "use_adaptive_entropy": elbo_like(refused(_NO_ENTROPY.format("control")), honoured()),
+        "entropy_coef": elbo_like(
+            honoured("TRL's objective L = L_policy - coef * H, H the mean entropy of the predictive distributions "
+                     "at the ELBO's masked positions, from the same forwards; TRL's policy_loss / entropy / "
+                     "entropy_coef metrics (mask-noise models; uniform noise refuses it)"),
+            honoured("TRL's bonus on the one-step forward's mean entropy")),
+        "use_adaptive_entropy": elbo_like(
+            refused("TRL's adaptive controller lives inside its token-level loss, which the ELBO estimators do not "
+                    "use; set a static entropy_coef (or use likelihood_estimator='one_step')"), honoured()),
         **{name: elbo_like(refused(_ADAPTIVE_ONLY + ", which the ELBO estimators refuse; use one_step"),
                            honoured(_ADAPTIVE_ONLY))
            for name in ("entropy_coef_min", "entropy_coef_max", "entropy_coef_delta", "entropy_target")},

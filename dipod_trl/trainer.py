@@ -482,9 +482,11 @@ class DiPODTrainer(GRPOTrainer):
         valid = scored.sum(-1) > 0
         advantages = inputs["advantages"]
         seeds = iteration_seeds(inputs["mask_seeds"], self._iteration())
+        bonus = self.entropy_coef != 0.0  # TRL's static entropy bonus, on the ELBO's own forwards
         with self.accelerator.autocast():
-            logps, masks, weights = elbo_draws(model, self.dllm, ids, attn, scored.size(1), seeds, args.elbo_samples,
-                                               **self._elbo_kwargs(scored))
+            logps, masks, weights, *entropies = elbo_draws(
+                model, self.dllm, ids, attn, scored.size(1), seeds, args.elbo_samples, compute_entropy=bonus,
+                **self._elbo_kwargs(scored))
         per_token = (logps * per_token_weights(weights)).mean(0)
         elbo = losses.sequence_elbo(per_token, scored, args.normalization)
 
@@ -508,7 +510,14 @@ class DiPODTrainer(GRPOTrainer):
             kl = losses.elbo_kl(elbo, ref)
             per_seq = per_seq + self.beta * kl
             self._log_mean(mode, "kl", losses.aggregate(kl.detach(), valid))
-        return losses.aggregate(per_seq, valid, lengths), elbo
+        loss = losses.aggregate(per_seq, valid, lengths)
+        if bonus:  # TRL's objective L = L_policy - coef * H, H the mean entropy at the masked (scored) positions
+            entropy = (entropies[0] * masks).sum() / masks.sum().clamp(min=1)
+            self._log_mean(mode, "policy_loss", loss.detach())
+            self._log_mean(mode, "entropy", entropy.detach())
+            self._log_mean(mode, "entropy_coef", torch.tensor(self.entropy_coef))
+            loss = loss - self.entropy_coef * entropy
+        return loss, elbo
 
     @staticmethod
     def _joined(inputs) -> tuple[torch.Tensor, torch.Tensor, int]:

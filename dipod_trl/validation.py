@@ -187,9 +187,11 @@ def check_noise_settings(args, adapter, fill_token_id: int | None, eos_token_ids
         return None
     bad = [name for name, ok in (("likelihood_estimator", args.likelihood_estimator != "one_step"),
                                  ("elbo_masking", args.elbo_masking == "uniform"),
-                                 ("after_eos", args.after_eos == "hidden")) if not ok]
+                                 ("after_eos", args.after_eos == "hidden"),
+                                 ("entropy_coef", args.entropy_coef == 0.0)) if not ok]
     if bad:
         raise ValueError(f"{bad}: a uniform-noise model (DiffusionGemma) has no mask token; use "
-                         "likelihood_estimator 'elbo' or 'spg', elbo_masking 'uniform', after_eos 'hidden'.")
+                         "likelihood_estimator 'elbo' or 'spg', elbo_masking 'uniform', after_eos 'hidden', and no "
+                         "entropy bonus (its estimates score no masked positions' entropies).")
     return dict(estimator=args.uniform_likelihood, self_conditioning=args.self_conditioning,
                 fill_token_id=fill_token_id, eos_token_ids=list(eos_token_ids))

@@ -264,3 +264,20 @@ def test_per_token_logps_work_outside_a_rollout_with_fresh_seeds(tmp_path, token
     again, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 8)
     assert first.shape == (3, 8) and torch.isfinite(first).all() and (first != 0).any()
     assert torch.equal(first, again)  # the seeds come from torch's RNG, so a seeded call is reproducible
+
+
+@pytest.mark.parametrize("estimator", ["elbo", "spg"])
+def test_entropy_bonus_under_the_elbo_estimators_and_the_logged_terms_add_up(tmp_path, tokenizer, estimator):
+    """entropy_coef under FPO/SPG: TRL's L = L_policy - coef * H with H the mean entropy at the ELBO's masked
+    positions, TRL's metrics logged, and policy_loss - coef * entropy + the DiPOD term = the logged loss."""
+    coef = 0.5
+    trainer = tiny_trainer(tokenizer, tmp_path, likelihood_estimator=estimator, entropy_coef=coef, max_steps=2,
+                           save_strategy="no")
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h and "entropy" in h]
+    assert len(logs) == 2
+    for h in logs:
+        assert h["entropy"] > 0 and h["entropy_coef"] == coef
+        assert h["loss"] == pytest.approx(h["policy_loss"] - coef * h["entropy"] + h["dipod/regularizer"], abs=1e-3)
+    with pytest.raises(ValueError, match="use_adaptive_entropy"):
+        tiny_config(tmp_path, likelihood_estimator=estimator, use_adaptive_entropy=True)
