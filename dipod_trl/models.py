@@ -288,3 +288,43 @@ def load_diffusion_model(
     if family is not None:
         hint = f"\n{family.name} loads natively without its Hub code: leave native_model_families=True (the default)."
     raise ValueError(f"Could not load {name_or_path} as a mask-predictor:\n" + "\n".join(errors) + hint)
+
+
+def training_load_kwargs(model_init_kwargs: dict | None, trainer_kwargs: dict) -> dict:
+    """`from_pretrained` kwargs of a model the trainer loads by name: `model_init_kwargs` (dtype names allowed) and
+    the trainer's `quantization_config` (consumed: TRL would warn that it is ignored for a model instance)."""
+    load_kwargs = dict(model_init_kwargs or {})
+    if isinstance(load_kwargs.get("dtype"), str) and load_kwargs["dtype"] != "auto":
+        load_kwargs["dtype"] = getattr(torch, load_kwargs["dtype"])
+    if trainer_kwargs.get("quantization_config") is not None:
+        load_kwargs["quantization_config"] = trainer_kwargs.pop("quantization_config")
+    return load_kwargs
+
+
+def prepare_for_training(model: nn.Module, trainer_kwargs: dict):
+    """Set a model up for TRL's `GRPOTrainer`; returns its native family (None for other models).
+
+    Models without a generation config get one (GRPOTrainer writes to it). For a native family: the tokenizer as
+    the default `processing_class` (text RL; `AutoProcessor` may need vision packages), the family's frozen
+    parameters in a full fine-tune, and its LoRA names and preset in `peft_config`.
+    """
+    from transformers import AutoTokenizer, GenerationConfig, PretrainedConfig
+
+    if getattr(model, "generation_config", None) is None:
+        model.generation_config = GenerationConfig(eos_token_id=model.config.eos_token_id,
+                                                   pad_token_id=model.config.pad_token_id)
+    family = family_of_model(model) if isinstance(getattr(model, "config", None), PretrainedConfig) else None
+    if family is None or not isinstance(model, family.model_class):
+        return None
+    if trainer_kwargs.get("processing_class") is None:
+        trainer_kwargs["processing_class"] = AutoTokenizer.from_pretrained(model.config._name_or_path)
+    peft_config = trainer_kwargs.get("peft_config")
+    if peft_config is None:  # full fine-tune: what the family's reference recipe keeps frozen
+        family.freeze_parameters(model)
+        return family
+    peft_config.target_modules = family.native_lora_targets(peft_config.target_modules)
+    if peft_config.task_type == "CAUSAL_LM" and not hasattr(model, "prepare_inputs_for_generation"):
+        # TRL's ModelConfig asks for PEFT's causal-LM wrapper, which hooks the autoregressive `generate`; a model
+        # with its own generate (DiffusionGemma) has no such hook and gets the plain PeftModel.
+        peft_config.task_type = None
+    return family

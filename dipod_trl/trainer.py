@@ -18,7 +18,6 @@ from contextlib import contextmanager
 
 import torch
 from accelerate.utils import gather, send_to_device
-from transformers import AutoTokenizer, GenerationConfig, PretrainedConfig
 from transformers.utils import logging
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
@@ -28,12 +27,11 @@ from . import losses
 from .checkpoints import check_checkpoint, read_trainer_state, resolve_resume
 from .config import DiPODConfig
 from .estimators import iteration_seeds, per_token_weights, sample_seeds
-from .families import family_of_model
 from .families.adapters import adapter_to_original_format, read_adapter_weights
 from .grpo_contract import check_contract
 from .guard import NonFiniteGuard
 from .likelihood import elbo_draws, elbo_per_token, eos_convention, one_step_logps
-from .models import diffusion_adapter, load_diffusion_model
+from .models import diffusion_adapter, load_diffusion_model, prepare_for_training, training_load_kwargs
 from .sampler import diffusion_generate
 from .tasks import math_verify_timeouts
 from .validation import (
@@ -117,31 +115,9 @@ class DiPODTrainer(GRPOTrainer):
             )
         init_kwargs = args.model_init_kwargs
         if isinstance(model, str):
-            load_kwargs = dict(init_kwargs or {})
-            if isinstance(load_kwargs.get("dtype"), str) and load_kwargs["dtype"] != "auto":
-                load_kwargs["dtype"] = getattr(torch, load_kwargs["dtype"])
-            if kwargs.get("quantization_config") is not None:
-                load_kwargs["quantization_config"] = kwargs.pop("quantization_config")
-            model = load_diffusion_model(
-                model, args.trust_remote_code, native_model_families=args.native_model_families, **load_kwargs
-            )
-        if getattr(model, "generation_config", None) is None:  # masked LMs have none; GRPOTrainer writes to it
-            model.generation_config = GenerationConfig(
-                eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id
-            )
-        family = family_of_model(model) if isinstance(getattr(model, "config", None), PretrainedConfig) else None
-        self.family = family if family is not None and isinstance(model, family.model_class) else None
-        if self.family is not None and kwargs.get("processing_class") is None:  # text RL: the tokenizer is enough
-            kwargs["processing_class"] = AutoTokenizer.from_pretrained(model.config._name_or_path)
-        if self.family is not None and kwargs.get("peft_config") is None:  # full fine-tune: the recipe's frozen part
-            self.family.freeze_parameters(model)
-        if self.family is not None and kwargs.get("peft_config") is not None:  # the family's LoRA names and preset
-            peft_config = kwargs["peft_config"]
-            peft_config.target_modules = self.family.native_lora_targets(peft_config.target_modules)
-            if peft_config.task_type == "CAUSAL_LM" and not hasattr(model, "prepare_inputs_for_generation"):
-                # TRL's ModelConfig asks for PEFT's causal-LM wrapper, which hooks the autoregressive `generate`; a
-                # model with its own generate (DiffusionGemma) has no such hook and gets the plain PeftModel.
-                peft_config.task_type = None
+            model = load_diffusion_model(model, args.trust_remote_code, native_model_families=args.native_model_families,
+                                         **training_load_kwargs(init_kwargs, kwargs))
+        self.family = prepare_for_training(model, kwargs)  # the native family (None otherwise), set up for TRL
         # Consumed above (TRL would warn that they are ignored for an instance). For a native family, TRL's reference
         # model must not run the Hub code: with trust_remote_code off, the Auto classes resolve to the native class
         # that `dipod_trl.families` registered.
