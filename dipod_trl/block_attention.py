@@ -52,6 +52,7 @@ class DiffusionLayout(NamedTuple):
     mask: torch.Tensor  # (B, 1, P + 2D, P + 2D) boolean
     start: int  # first column of the noised copy (= P)
     span: int  # D: columns of each copy; copy column d is input column `P - tail + d`
+    valid: torch.Tensor  # (B, P + 2D) boolean: the real tokens of each region
 
     def noised(self, completion_noise: torch.Tensor, mask_token_id: int) -> torch.Tensor:
         """The layout's ids with completion positions `completion_noise (N, B, C)` masked: `(N * B, P + 2D)`."""
@@ -99,4 +100,4 @@ def diffusion_layout(
         k_context & (k_blk <= q_blk) & ((q_reg == 2) | (k_reg == 0)),  # prefix / clean copy: block-causal
     ) & ok.unsqueeze(1)
     mask = _pads_see_themselves(allowed, ok).unsqueeze(1)
-    return DiffusionLayout(ids, pos, mask, p, span)
+    return DiffusionLayout(ids, pos, mask, p, span, ok)

@@ -108,10 +108,12 @@ GROUPS: tuple[tuple[str, dict[str, Entry | dict[str, Entry]]], ...] = (
         "trust_remote_code": honoured("native families (LLaDA, Dream, SDAR, LLaDA2) load into transformers' "
                                       "classes without Hub code whatever its value; it is needed only for other "
                                       "remote-code models or native_model_families=False"),
-        "router_aux_loss_coef": refused(
-            "DiPOD's likelihood forwards pass 4-D block masks, which transformers' MoE load-balancing loss cannot "
-            "take, so no aux loss is added: leave it unset (TRL would take the model config's coefficient; DiPOD "
-            "warns that it is not applied) or set router_aux_loss_coef=0.0", allowed=(0.0,)),
+        "router_aux_loss_coef": honoured(
+            "TRL's MoE load-balancing term, router_aux_loss_coef * aux_loss, added and logged (`aux_loss`) under "
+            "every estimator from the policy estimate's forwards of block-diffusion MoE models (transformers' "
+            "load_balancing_loss_func over the real tokens of the 4-D-masked layout); None takes the model "
+            "config's coefficient (SDAR-MoE 0.001; LLaDA2's aux-free router has none); other MoE models are "
+            "warned and get none"),
         "disable_dropout": honoured(),
         "cast_lm_head_to_fp32": honoured("TRL casts the model's `lm_head` (models that have one), which every "
                                          "sampler and likelihood forward goes through"),

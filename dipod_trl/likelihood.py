@@ -104,6 +104,7 @@ def masked_token_logps(
     compute_entropy: bool = False,
     position_ids: torch.Tensor | None = None,
     end: int | None = None,
+    token_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`log p(targets | noisy_ids)` on the `C` columns before `end` (default: the last `C`) where `score` is True
     (0 elsewhere), shape `(N, C)`.
@@ -126,7 +127,8 @@ def masked_token_logps(
         stop = noisy_ids.size(1) if end is None else end
         keep[:, stop - c:stop] = where
         positions = None if position_ids is None else position_ids[sl]
-        chosen = adapter.scored_logits(model, noisy_ids[sl], attention_mask[sl], keep, positions)
+        tokens = None if token_mask is None else token_mask[sl]
+        chosen = adapter.scored_logits(model, noisy_ids[sl], attention_mask[sl], keep, positions, tokens)
         if compute_entropy:
             lp, ent = selective_log_softmax_and_entropy(chosen, targets[sl][where])
             pieces_ent.append(ent.float())
@@ -181,7 +183,7 @@ def completion_logps(
         logps, ent = masked_token_logps(
             model, adapter, layout.noised(noise, adapter.mask_token_id), layout.mask.repeat(n, 1, 1, 1), targets,
             score.reshape(n * b, c), position_ids=layout.position_ids.repeat(n, 1), end=layout.start + layout.span,
-            **kwargs)
+            token_mask=layout.valid.repeat(n, 1), **kwargs)
     return logps.view(n, b, c), None if ent is None else ent.view(n, b, c)
 
 

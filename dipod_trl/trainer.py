@@ -31,7 +31,13 @@ from .families.adapters import adapter_to_original_format, read_adapter_weights
 from .grpo_contract import check_contract
 from .guard import NonFiniteGuard
 from .likelihood import elbo_draws, elbo_per_token, eos_convention, one_step_logps
-from .models import diffusion_adapter, load_diffusion_model, prepare_for_training, training_load_kwargs
+from .models import (
+    diffusion_adapter,
+    load_diffusion_model,
+    prepare_for_training,
+    router_aux_losses,
+    training_load_kwargs,
+)
 from .sampler import diffusion_generate
 from .tasks import math_verify_timeouts
 from .validation import (
@@ -134,12 +140,12 @@ class DiPODTrainer(GRPOTrainer):
         )
         # The model's structure decides block_length (a canvas model's steps default to its generation config)
         args.resolve_blocks(self.dllm.block_size, default_steps=self.dllm.attention != "encoder_decoder")
-        if self.aux_loss_enabled:  # TRL took the MoE config's coefficient (router_aux_loss_coef=None)
-            logger.warning(
-                "router_aux_loss_coef: the model config's %s is not applied. transformers' load-balancing loss takes "
-                "a 2-D padding mask and DiPOD's likelihood forwards pass 4-D block masks, so no aux loss is added "
-                "(set router_aux_loss_coef=0.0 to say so explicitly; values > 0 are refused).",
-                self.router_aux_loss_coef)
+        if self.aux_loss_enabled and self.dllm.attention != "block_causal":
+            # The load-balancing loss comes from the block-diffusion forwards (`BlockCausalMixin`); other MoE models
+            # would add nothing, so say so instead of pretending
+            logger.warning("router_aux_loss_coef %s is not applied: the MoE load-balancing loss is computed for "
+                           "block-diffusion models only. Set router_aux_loss_coef=0.0 to silence this.",
+                           self.router_aux_loss_coef)
             self.aux_loss_enabled, self.router_aux_loss_coef = False, 0.0
         self._noise_options = check_noise_settings(args, self.dllm, self._tokenizer.eos_token_id, self.eos_token_ids)
         self._active_seeds: torch.Tensor | None = None
@@ -360,7 +366,7 @@ class DiPODTrainer(GRPOTrainer):
     # 3. Per-token likelihood terms
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
-        **unused
+        compute_aux_loss=False, **unused
     ):
         seeds = self._active_seeds
         if seeds is None:  # called outside a rollout (TRL's signature): fresh seeds from the global RNG, so this
@@ -378,11 +384,17 @@ class DiPODTrainer(GRPOTrainer):
             if self._redraws_masks() and self.model.training:
                 iterations = list(range(self.num_iterations))  # old/ref for every iteration's masks: (B, I, C)
         ids, attn, scored = self._likelihood_view(input_ids, attention_mask, logits_to_keep)
-        terms = [self._per_token_terms(model, ids, attn, logits_to_keep, iteration_seeds(seeds, it), scored,
-                                       batch_size, compute_entropy) for it in iterations]
+        with router_aux_losses() as aux:
+            terms = [self._per_token_terms(model, ids, attn, logits_to_keep, iteration_seeds(seeds, it), scored,
+                                           batch_size, compute_entropy) for it in iterations]
+        aux_loss = self._mean_aux(aux) if compute_aux_loss else None  # TRL adds router_aux_loss_coef * aux_loss
         if len(terms) == 1:
-            return terms[0][0], terms[0][1], None
-        return torch.stack([logps for logps, _ in terms], dim=1), None, None
+            return terms[0][0], terms[0][1], aux_loss
+        return torch.stack([logps for logps, _ in terms], dim=1), None, aux_loss
+
+    def _mean_aux(self, collected: list) -> torch.Tensor:
+        """Mean MoE load-balancing loss of the forwards collected (0 when none returned one)."""
+        return torch.stack(collected).mean() if collected else torch.zeros((), device=self.accelerator.device)
 
     def _per_token_terms(self, model, ids, attn, c, seeds, scored, batch_size, compute_entropy):
         with self.accelerator.autocast():
@@ -419,9 +431,14 @@ class DiPODTrainer(GRPOTrainer):
                 policy_loss = loss.detach() * scale
                 elbo = self._sequence_elbo(model, inputs, view) if args.dipod_beta > 0 else None
             else:
-                policy_loss, elbo = self._elbo_policy_loss(model, inputs, mode, view, lengths)
+                with router_aux_losses() as aux:
+                    policy_loss, elbo = self._elbo_policy_loss(model, inputs, mode, view, lengths)
                 loss = policy_loss / scale
                 policy_loss = policy_loss.detach()
+                if self.aux_loss_enabled:  # TRL's term, on the policy estimate's forwards (one_step: TRL adds it)
+                    aux_loss = self._mean_aux(aux)
+                    loss = loss + self.router_aux_loss_coef * aux_loss / scale
+                    self._log_mean(mode, "aux_loss", aux_loss)
         if elbo is not None:
             regularizer = losses.dipod_regularizer(elbo, valid, args.dipod_beta, lengths)
             if args.dipod_beta > 0:

@@ -144,14 +144,20 @@ def test_two_process_deepspeed_run_saves_hub_format(tmp_path, name, stage):
 
 
 @pytest.mark.parametrize("estimator", ["elbo", "one_step", "spg"])
-def test_moe_config_aux_coefficient_is_not_applied_and_one_step_trains(tmp_path, estimator):
-    """SDAR-MoE's config has router_aux_loss_coef 0.001, which TRL takes when the field is unset: under one_step
-    that crashed on `coef * None`. DiPOD says it is not applied (a warning naming the field) and trains."""
-    args = make_config(tmp_path, likelihood_estimator=estimator, max_steps=1, block_length=None,
-                       per_device_train_batch_size=4)
-    trainer = DiPODTrainer(str(SHARED / "sdar-moe-tiny"), [digit_reward], args=args, train_dataset=make_dataset())
-    assert not trainer.aux_loss_enabled and trainer.router_aux_loss_coef == 0.0
-    trainer.train()
-    assert logged(trainer, "loss") and not logged(trainer, "aux_loss")
-    with pytest.raises(ValueError, match="router_aux_loss_coef"):
-        make_config(tmp_path, router_aux_loss_coef=0.01)
+def test_moe_router_aux_loss_is_added_and_logged_under_every_estimator(tmp_path, estimator):
+    """SDAR-MoE's config has router_aux_loss_coef 0.001, which TRL takes when the field is unset: the load-balancing
+    loss is added and logged under every estimator (one_step crashed on `coef * None`; elbo/spg dropped it), it
+    moves the loss by coef * aux_loss, and 0.0 turns it off."""
+    def run(coef):
+        args = make_config(tmp_path / str(coef), likelihood_estimator=estimator, max_steps=1, block_length=None,
+                           per_device_train_batch_size=4, router_aux_loss_coef=coef)
+        trainer = DiPODTrainer(str(SHARED / "sdar-moe-tiny"), [digit_reward], args=args, train_dataset=make_dataset())
+        trainer.train()
+        return trainer
+
+    on, off = run(10.0), run(0.0)
+    aux = logged(on, "aux_loss")
+    assert aux and all(a >= 1.0 for a in aux)  # a load-balancing loss is >= 1 (1 when perfectly balanced)
+    assert not logged(off, "aux_loss")
+    assert logged(on, "loss")[0] == pytest.approx(logged(off, "loss")[0] + 10.0 * aux[0], rel=1e-3, abs=1e-3)
+    assert run(None).router_aux_loss_coef == pytest.approx(0.001)

@@ -33,7 +33,6 @@ GRPO_FIELDS = [f.name for f in dataclasses.fields(GRPOConfig)]
 
 # A sensible non-default value of every field that some estimator refuses.
 NON_DEFAULT = {
-    "router_aux_loss_coef": 0.01,
     "min_p": 0.1,
     "repetition_penalty": 1.1,
     "cache_implementation": "static",
