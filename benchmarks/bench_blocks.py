@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_performance import _rss_kib, _status_kib, interleaved, show  # noqa: E402
+from bench_performance import fresh_peak_mib, interleaved, print_call_peak, show  # noqa: E402
 
 from dipod_trl.families import LLaDA2Config, LLaDA2ForDiffusionLM, SDARConfig, SDARForDiffusionLM  # noqa: E402
 from dipod_trl.likelihood import completion_logps  # noqa: E402
@@ -122,25 +121,13 @@ CALLABLES = {"a": generation_callables, "b": elbo_callables}
 
 
 def peak_memory_mib(section: str, shape: str, variant: str, quick: bool) -> float:
-    if DEVICE.type == "cuda":
-        fn = CALLABLES[section](shape, quick)[variant]
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    cmd = [sys.executable, __file__, "--probe", f"{section}|{shape}|{variant}", *(["--quick"] if quick else [])]
-    return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()[-1]) / 1024
+    return fresh_peak_mib(lambda: CALLABLES[section](shape, quick)[variant], __file__,
+                          ["--probe", f"{section}|{shape}|{variant}", *(["--quick"] if quick else [])])
 
 
 def _probe(spec: str, quick: bool) -> None:
     section, shape, variant = spec.split("|")
-    fn = CALLABLES[section](shape, quick)[variant]
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak: building the model must not count
-        f.write("5")
-    start = _rss_kib()
-    fn()
-    print(_status_kib("VmHWM") - start)
+    print_call_peak(CALLABLES[section](shape, quick)[variant])
 
 
 def compare(section: str, shape: str, quick: bool, repeats: int, memory: bool = True) -> list:

@@ -97,32 +97,41 @@ def _rss_kib() -> int:
     return _status_kib("VmRSS")
 
 
-def peak_memory_mib(section: str, variant: str, vocab: int, args) -> float:
-    """Peak memory of one call of a measured function, in MiB (see the module docstring).
+def fresh_peak_mib(make_fn, script: str, probe_args: list[str]) -> float:
+    """Peak memory of one call of `make_fn()`'s function, in MiB (see the module docstring).
 
-    On CPU the call runs in a fresh interpreter (`--probe`) that builds the same model and inputs, so the peak
-    resident set above its state before the call belongs to the call alone.
+    On a GPU: `max_memory_allocated` around the call. On CPU the call runs in a fresh interpreter (`script
+    probe_args`, which must end in `print_call_peak`) that builds the same model and inputs, so the peak resident set
+    above its state before the call belongs to the call alone.
     """
     if DEVICE.type == "cuda":
-        fn = CALLABLES[section](vocab, args)[variant]
+        fn = make_fn()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         fn()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    cmd = [sys.executable, __file__, "--probe", f"{section}:{variant}:{vocab}", *(["--quick"] if args.quick else [])]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, script, *probe_args], capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1]) / 1024
 
 
-def _probe(spec: str, args) -> None:
-    section, variant, vocab = spec.split(":")
-    fn = CALLABLES[section](int(vocab), args)[variant]
+def print_call_peak(fn) -> None:
+    """Run `fn` once and print the peak resident set it added, in KiB (the probe side of `fresh_peak_mib`)."""
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM): building the model must not count
         f.write("5")
     start = _rss_kib()
     fn()
     print(_status_kib("VmHWM") - start)
+
+
+def peak_memory_mib(section: str, variant: str, vocab: int, args) -> float:
+    return fresh_peak_mib(lambda: CALLABLES[section](vocab, args)[variant], __file__,
+                          ["--probe", f"{section}:{variant}:{vocab}", *(["--quick"] if args.quick else [])])
+
+
+def _probe(spec: str, args) -> None:
+    section, variant, vocab = spec.split(":")
+    print_call_peak(CALLABLES[section](int(vocab), args)[variant])
 
 
 def show(title: str, columns: list[str], rows: list[list]) -> dict:
