@@ -138,8 +138,13 @@ def cli(task: str | Task | None = None, tiny_model_builder: Callable[[str], obje
         if recipes is not None and not argv:
             argv = headline_arguments(Path(recipes), sys.argv[0])
         trainer, training_args, write_checksums = build_trainer(task, argv, None, tiny_model_builder)
-    with user_errors(debug, catch=(CheckpointError, NonFiniteTrainingError)):  # other failures keep the traceback
-        train_and_save(trainer, training_args, write_checksums)
+    try:
+        with user_errors(debug, catch=(CheckpointError, NonFiniteTrainingError)):  # other failures keep the traceback
+            train_and_save(trainer, training_args, write_checksums)
+    finally:  # a multi-process run ends by destroying its process group, not in the interpreter's teardown (where
+        # gloo's threads can abort the process: "terminate called without an active exception", seen under load)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def headline_arguments(recipes: Path, script: str) -> list[str]:
