@@ -25,11 +25,19 @@ def positions_of(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def block_causal_mask(position_ids: torch.Tensor, valid: torch.Tensor, block_size: int) -> torch.Tensor:
-    """`(B, 1, L, L)`: query `i` sees real key `j` iff `block(j) <= block(i)`; a pad query sees only itself."""
+def block_causal_mask(position_ids: torch.Tensor, valid: torch.Tensor, block_size: int,
+                      queries: slice | None = None) -> torch.Tensor:
+    """`(B, 1, Q, L)`: query `i` sees real key `j` iff `block(j) <= block(i)`; a pad query sees only itself.
+
+    `queries` (default: all `L` columns) keeps only those query rows, built directly: a cached forward over the
+    last columns needs their rows only."""
+    queries = queries or slice(0, position_ids.size(1))
     block = position_ids // block_size
-    allowed = (block.unsqueeze(1) <= block.unsqueeze(2)) & valid.bool().unsqueeze(1)
-    return _pads_see_themselves(allowed, valid).unsqueeze(1)
+    allowed = (block.unsqueeze(1) <= block[:, queries].unsqueeze(2)) & valid.bool().unsqueeze(1)
+    eye = torch.arange(position_ids.size(1), device=block.device)[queries].unsqueeze(1) == torch.arange(
+        position_ids.size(1), device=block.device).unsqueeze(0)
+    pad_query = ~valid.bool()[:, queries].unsqueeze(-1)
+    return torch.where(pad_query, eye.unsqueeze(0), allowed).unsqueeze(1)
 
 
 def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

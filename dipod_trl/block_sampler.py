@@ -203,7 +203,7 @@ class _CachedForward:
         """Forward columns `start:stop` on the cache (`start == self.stored`); logits of columns `keep_from:stop`."""
         c = self.canvas
         q = slice(start, stop)
-        mask = block_causal_mask(c.position[:, :stop], c.valid[:, :stop], c.block)[:, :, q]
+        mask = block_causal_mask(c.position[:, :stop], c.valid[:, :stop], c.block, queries=q)
         keep = torch.zeros_like(c.valid[:, q])
         keep[:, keep_from - start:] = True
         out = self.model(input_ids=c.x[:, q], attention_mask=mask, position_ids=c.position[:, q], cache=self.cache,
