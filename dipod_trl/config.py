@@ -21,6 +21,7 @@ REMASKING = ("low_confidence", "random")
 NORMALIZATIONS = ("sequence", "token")
 MASK_REDRAW = ("fixed", "per_iteration")
 SEQUENCE_AGGREGATIONS = ("mean", "length")
+TRL_DEFAULT_LOSS_TYPE = next(f.default for f in dataclasses.fields(GRPOConfig) if f.name == "loss_type")
 
 
 @dataclass
@@ -41,6 +42,13 @@ class DiPODConfig(GRPOConfig):
             fully masked and prompt tokens masked with probability `p_mask_prompt`; trained with TRL's token-level
             `loss_type`. `"spg"`: SPG's sandwich, the ELBO for positive-advantage sequences and a mix of an upper
             bound (EUBO) and the ELBO for negative ones.
+        loss_type (`str` or `None`, *optional*, defaults to `None`):
+            TRL's field, with its default made `None` so that an unset value can keep each estimator's published
+            rule. `one_step`: TRL's token-level loss (`None` is TRL's default, `"dapo"`). `elbo`/`spg`: how the
+            per-sequence losses, their KL and the DiPOD term are aggregated, exactly as TRL aggregates a
+            sequence-level loss (`losses.sequence_weights`): `"grpo"`, `"bnpo"`, `"dr_grpo"`, `"dapo"` or
+            `"luspo"`; `None` keeps `sequence_aggregation`. `"cispo"`, `"sapo"` and `"vespo"` replace PPO-clip with
+            another objective and are refused there.
         elbo_samples (`int`, *optional*, defaults to `4`):
             Monte-Carlo samples (number of masked tokens and mask pattern) per sequence for the ELBO.
         elbo_batch_size (`int` or `None`, *optional*, defaults to `None`):
@@ -65,7 +73,7 @@ class DiPODConfig(GRPOConfig):
             exactly 1 at the old parameters.
         sequence_aggregation (`str`, *optional*, defaults to `"mean"`):
             How per-sequence ELBO losses (FPO, SPG, the DiPOD term) are averaged: `"mean"` over sequences, or
-            `"length"`-weighted, `sum_b L_b * loss_b / sum_b L_b` (SPG's release).
+            `"length"`-weighted, `sum_b L_b * loss_b / sum_b L_b` (SPG's release). Used when `loss_type` is `None`.
         score_eos (`bool`, *optional*, defaults to `True`):
             Whether the completion's first EOS token is scored by the likelihood estimates (the FPO and d1 releases
             do not score it; SPG does).
@@ -182,6 +190,12 @@ class DiPODConfig(GRPOConfig):
         metadata={"help": "Proxy likelihood: 'elbo' (FPO), 'one_step' (diffu-GRPO) or 'spg' (ELBO/EUBO sandwich).",
                   "choices": list(LIKELIHOOD_ESTIMATORS)},
     )
+    loss_type: str | None = field(
+        default=None,
+        metadata={"help": "TRL's loss_type. one_step: TRL's token-level loss (None: TRL's default 'dapo'). elbo/spg: "
+                  "how the sequence losses and the DiPOD term are aggregated, as TRL aggregates a sequence-level "
+                  "loss ('grpo', 'bnpo', 'dr_grpo', 'dapo', 'luspo'); None: sequence_aggregation."},
+    )
     elbo_samples: int = field(default=4, metadata={"help": "Monte-Carlo samples per sequence for the ELBO."})
     elbo_batch_size: int | None = field(
         default=None, metadata={"help": "Max masked copies per ELBO forward (None: all in one forward)."}
@@ -287,6 +301,12 @@ class DiPODConfig(GRPOConfig):
             # DeepSpeed/Accelerate on CPU otherwise count one process and fail the batch-size checks.
             self.ddp_backend = "gloo"
         _check_numbers(self)
+        if self.loss_type is None and self.likelihood_estimator == "one_step":
+            self.loss_type = TRL_DEFAULT_LOSS_TYPE  # TRL's token-level loss, TRL's default
+        elif self.loss_type is not None and self.sequence_aggregation != "mean":
+            raise ValueError(f"loss_type={self.loss_type!r} and sequence_aggregation={self.sequence_aggregation!r} "
+                             "both set how the sequence losses are aggregated; set one (sequence_aggregation='length' "
+                             "is loss_type='bnpo').")
         super().__post_init__()
         if self.likelihood_estimator not in LIKELIHOOD_ESTIMATORS:
             raise ValueError(

@@ -73,14 +73,22 @@ def elbo_like(elbo_spg: Entry, one_step: Entry) -> dict[str, Entry]:
 
 _VLLM = ("only read with use_vllm=True, which is refused (DiPODTrainer samples with its own diffusion sampler); "
          "remove it")
-_OWN_LOSS = ("the ELBO estimators train DiPOD's own sequence-level losses (dipod_trl.losses: FPO's PPO-clip on "
-             "exp(ELBO_new - ELBO_old), SPG's ELBO/EUBO sandwich), not TRL's token-level loss")
-_NO_ENTROPY = ("the ELBO estimators' losses are per sequence, so there is no per-token loss to "
-               "{}; use likelihood_estimator='one_step', whose token-level loss is TRL's")
 _LOSS_TYPE_ONLY = "only read with loss_type={!r}, which the ELBO estimators refuse (see loss_type); use one_step"
 _SPG_NO_RATIO = ("SPG's sandwich objective has no importance ratio to clip; spg_omega and spg_eubo_beta shape it "
                  "(or use likelihood_estimator='elbo')")
 _ADAPTIVE_ONLY = "only read with use_adaptive_entropy=True"
+
+
+def _sequence_loss_type(value: Any) -> str | None:
+    """The refusal of a `loss_type` that is not an aggregation of the ELBO estimators' sequence losses."""
+    from .losses import LOSS_TYPE_AGGREGATIONS
+
+    if value is None or value in LOSS_TYPE_AGGREGATIONS:
+        return None
+    return (f"loss_type={value!r} is not honoured with the ELBO estimators: it replaces PPO-clip by another token-"
+            f"level objective, which FPO's and SPG's sequence losses do not use. Use one of "
+            f"{list(LOSS_TYPE_AGGREGATIONS)} (how the sequence losses are aggregated), or "
+            "likelihood_estimator='one_step' for TRL's loss.")
 
 
 def _unknown_sampler_settings(value: Any) -> str | None:
@@ -110,10 +118,11 @@ GROUPS: tuple[tuple[str, dict[str, Entry | dict[str, Entry]]], ...] = (
                                       "remote-code models or native_model_families=False"),
         "router_aux_loss_coef": honoured(
             "TRL's MoE load-balancing term, router_aux_loss_coef * aux_loss, added and logged (`aux_loss`) under "
-            "every estimator from the policy estimate's forwards of block-diffusion MoE models (transformers' "
-            "load_balancing_loss_func over the real tokens of the 4-D-masked layout); None takes the model "
-            "config's coefficient (SDAR-MoE 0.001; LLaDA2's aux-free router has none); other MoE models are "
-            "warned and get none"),
+            "every estimator, from the policy estimate's forwards of any MoE model whose routers transformers "
+            "records, full-attention or block-causal (transformers' load_balancing_loss_func over each forward's "
+            "real tokens, dipod_trl.router_aux); None takes the model config's coefficient (SDAR-MoE and Qwen3-MoE "
+            "0.001; LLaDA2's aux-free router has none); a model whose config declares no router logits gets none, "
+            "with a warning"),
         "disable_dropout": honoured(),
         "cast_lm_head_to_fp32": honoured("TRL casts the model's `lm_head` (models that have one), which every "
                                          "sampler and likelihood forward goes through"),
@@ -191,22 +200,29 @@ GROUPS: tuple[tuple[str, dict[str, Entry | dict[str, Entry]]], ...] = (
             honoured(),
             refused(_SPG_NO_RATIO)),
         "loss_type": elbo_like(
-            refused(_OWN_LOSS + "; sequence_aggregation ('mean' or 'length') and normalization ('sequence' or "
-                    "'token') set how it is averaged. Use likelihood_estimator='one_step' for TRL's loss_type"),
-            honoured("TRL's token-level loss on the one-step log-probs, every loss_type")),
+            mapped("aggregates the per-sequence losses, their KL and the DiPOD term exactly as TRL aggregates a "
+                   "sequence-level loss over its L_b tokens (losses.sequence_weights): grpo mean over the B "
+                   "sequences, bnpo sum L_b l_b / sum L_b, dr_grpo sum L_b l_b / (B * max_completion_length), dapo "
+                   "over the generation batch's completion tokens (TRL's num_items_in_batch), luspo sum L_b l_b / "
+                   "B; None (DiPODConfig's default) keeps sequence_aggregation. cispo, sapo and vespo replace "
+                   "PPO-clip by another objective and are refused", check=_sequence_loss_type),
+            honoured("TRL's token-level loss on the one-step log-probs, every loss_type (None: TRL's 'dapo')")),
         "importance_sampling_level": per_estimator(
-            refused("FPO's ratio is already one per sequence, exp(ELBO_new - ELBO_old); normalization='token' "
-                    "makes its log a per-token mean, as GSPO's sequence level. Leave it at 'token'"),
+            mapped("'token' (default): FPO's ratio exp(ELBO_new - ELBO_old), the ELBO at `normalization`; "
+                   "'sequence': GSPO's length-normalised ratio exp((ELBO_new - ELBO_old) / L_b) (the same with "
+                   "normalization='token')"),
             honoured(),
-            refused("SPG has no importance ratio; leave it at 'token' (or use likelihood_estimator='one_step')")),
-        "off_policy_mask_threshold": elbo_like(
-            refused("the off-policy sequence mask reads per-token log-probs of the old policy, which the ELBO "
-                    "estimators do not compute; use the clip range (epsilon, delta) or likelihood_estimator="
-                    "'one_step'"),
-            honoured()),
+            refused("SPG has no importance ratio; leave it at 'token' (or use likelihood_estimator='elbo')")),
+        "off_policy_mask_threshold": per_estimator(
+            mapped("TRL's off-policy sequence mask on FPO's ratio: a negative-advantage sequence is dropped from the "
+                   "policy loss when its per-token KL estimate (ELBO_old - ELBO_new) / L_b exceeds the threshold"),
+            honoured(),
+            refused("SPG computes no old-policy estimate (it has no ratio), so there is no off-policy KL to mask on; "
+                    "use likelihood_estimator='elbo' or 'one_step'")),
         "use_bias_correction_kl": elbo_like(
-            refused("the ELBO estimators' KL term is beta * (ELBO - ELBO_ref), never weighted by an importance "
-                    "ratio; leave it at its default (or use likelihood_estimator='one_step')"),
+            mapped("with beta != 0, the sequence KL beta * (ELBO - ELBO_ref) times the sequence ratio, gradient "
+                   "included, as TRL (FPO's ratio; SPG's on-policy exp(ELBO - sg(ELBO)) = 1). The DiPOD release's "
+                   "FPO does not weight it: its recipes set it False"),
             honoured()),
         **{name: elbo_like(refused(_LOSS_TYPE_ONLY.format("sapo")), honoured())
            for name in ("sapo_temperature_neg", "sapo_temperature_pos")},
@@ -217,7 +233,9 @@ GROUPS: tuple[tuple[str, dict[str, Entry | dict[str, Entry]]], ...] = (
     }),
     ("Entropy", {
         "top_entropy_quantile": elbo_like(
-            refused(_NO_ENTROPY.format("restrict to high-entropy tokens")),
+            refused("the ELBO estimators' losses are per sequence: a high-entropy mask would drop masked positions "
+                    "from the ELBO itself, which would then no longer bound the likelihood; use "
+                    "likelihood_estimator='one_step', whose token-level loss is TRL's"),
             honoured("TRL's high-entropy token mask over the one-step forward's entropies at the scored positions")),
         "entropy_coef": elbo_like(
             honoured("TRL's objective L = L_policy - coef * H, H the mean entropy of the predictive distributions "
@@ -225,10 +243,12 @@ GROUPS: tuple[tuple[str, dict[str, Entry | dict[str, Entry]]], ...] = (
                      "entropy_coef metrics (mask-noise models; uniform noise refuses it)"),
             honoured("TRL's bonus on the one-step forward's mean entropy")),
         "use_adaptive_entropy": elbo_like(
-            refused("TRL's adaptive controller lives inside its token-level loss, which the ELBO estimators do not "
-                    "use; set a static entropy_coef (or use likelihood_estimator='one_step')"), honoured()),
-        **{name: elbo_like(refused(_ADAPTIVE_ONLY + ", which the ELBO estimators refuse; use one_step"),
-                           honoured(_ADAPTIVE_ONLY))
+            honoured("TRL's controller (Skywork-OR1) on the masked positions' entropy: the coefficient of the last "
+                     "optimizer step applies while the window-global entropy is at most entropy_target, and moves "
+                     "by entropy_coef_delta within [entropy_coef_min, entropy_coef_max]; its state is saved with "
+                     "the checkpoint as TRL does (mask-noise models)"),
+            honoured()),
+        **{name: honoured(_ADAPTIVE_ONLY)
            for name in ("entropy_coef_min", "entropy_coef_max", "entropy_coef_delta", "entropy_target")},
     }),
     ("Rewards and reference sync", {

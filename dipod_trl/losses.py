@@ -32,6 +32,51 @@ def aggregate(per_sequence: torch.Tensor, valid: torch.Tensor, lengths: torch.Te
     return (per_sequence * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+# TRL's `loss_type`s that only aggregate (PPO-clip on the ratio); the others change the objective itself.
+LOSS_TYPE_AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+
+
+def sequence_weights(
+    lengths: torch.Tensor,
+    rule: str,
+    max_completion_length: int | None = None,
+    num_tokens: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weights `w (B,)` that turn per-sequence losses into the micro-batch loss `sum_b w_b l_b`.
+
+    `lengths`: each completion's scored token count `L_b` (0: nothing scored, weight 0). `rule`: DiPOD's own
+    `"mean"` (over the scored sequences) or `"length"` (`L_b / sum L`), or a TRL `loss_type`, aggregating a sequence
+    loss exactly as TRL aggregates a per-sequence loss broadcast over the `L_b` tokens (its sequence-level
+    importance sampling): `grpo` `1[L_b > 0] / B`; `bnpo` `L_b / sum L`; `dr_grpo` `L_b / (B * max_completion_length)`;
+    `dapo` `L_b / num_tokens` (the completion tokens per micro-batch of the whole generation batch); `luspo` `L_b / B`.
+    """
+    length = lengths.float()
+    scored = (length > 0).float()
+    batch = length.size(0)
+    if rule == "mean":
+        return scored / scored.sum().clamp(min=1.0)
+    if rule in ("length", "bnpo"):
+        return length / length.sum().clamp(min=1.0)
+    if rule == "grpo":
+        return scored / batch
+    if rule == "dr_grpo":
+        return length / (batch * max_completion_length)
+    if rule == "dapo":
+        return length / torch.as_tensor(num_tokens, dtype=length.dtype, device=length.device).clamp(min=1.0)
+    if rule == "luspo":
+        return length / batch
+    raise ValueError(f"Unknown aggregation {rule!r}: use 'mean', 'length' or one of {LOSS_TYPE_AGGREGATIONS}.")
+
+
+def off_policy_keep(
+    advantages: torch.Tensor, log_ratio: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """TRL's off-policy sequence mask (DeepSeek-V3.2) on a sequence ratio: keep a sequence unless its advantage is
+    negative and its per-token KL estimate `-log_ratio` (old minus new, per token) exceeds `threshold`. `(B,)`."""
+    kl = -log_ratio.detach()
+    return ((advantages >= 0) | (kl <= threshold)).to(log_ratio.dtype)
+
+
 def fpo_policy_loss(
     elbo_new: torch.Tensor,
     elbo_old: torch.Tensor,
@@ -39,33 +84,40 @@ def fpo_policy_loss(
     epsilon_low: float,
     epsilon_high: float,
     delta: float | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """FPO: PPO-clip on the sequence ratio `exp(ELBO_new - ELBO_old)`. Returns (per-sequence loss, ratio).
 
     `delta` caps the ratio of negative-advantage sequences from above (two-sided clipping, as TRL's `delta`).
-    The log-ratio is clamped to +-20 only to keep `exp` finite; inside that range the objective is exact.
+    `lengths` (`L_b`): the log-ratio is divided by them, GSPO's length-normalised sequence ratio (TRL's
+    `importance_sampling_level="sequence"`). The log-ratio is clamped to +-20 only to keep `exp` finite; inside that
+    range the objective is exact.
     """
-    ratio = torch.exp((elbo_new - elbo_old).clamp(-20.0, 20.0))
+    log_ratio = elbo_new - elbo_old
+    if lengths is not None:
+        log_ratio = log_ratio / lengths.to(log_ratio.dtype).clamp(min=1.0)
+    ratio = torch.exp(log_ratio.clamp(-20.0, 20.0))
     capped = ratio.clamp(max=delta) if delta is not None else ratio
     unclipped = capped * advantages
     clipped = ratio.clamp(1.0 - epsilon_low, 1.0 + epsilon_high) * advantages
     return -torch.minimum(unclipped, clipped), ratio
 
 
-def elbo_kl(elbo_new: torch.Tensor, elbo_ref: torch.Tensor) -> torch.Tensor:
+def elbo_kl(elbo_new: torch.Tensor, elbo_ref: torch.Tensor, ratio: torch.Tensor | None = None) -> torch.Tensor:
     """Sequence KL penalty used with ELBO estimators: the first-order estimate `ELBO_new - ELBO_ref`.
 
     Matches the DiPOD release's FPO code. Note its gradient is `+grad ELBO_new`: with `beta > 0` it pushes the ELBO
-    of sampled completions down, against the DiPOD term.
+    of sampled completions down, against the DiPOD term. `ratio`: TRL's `use_bias_correction_kl`, the estimate times
+    the sequence importance ratio, gradient included (on-policy the ratio is 1 and adds `kl * grad log ratio`).
     """
-    return elbo_new - elbo_ref
+    kl = elbo_new - elbo_ref
+    return kl if ratio is None else kl * ratio
 
 
-def dipod_regularizer(
-    elbo: torch.Tensor, valid: torch.Tensor, dipod_beta: float, lengths: torch.Tensor | None = None
-) -> torch.Tensor:
-    """DiPOD: `dipod_beta * (-ELBO)` of the policy's own completions, averaged as `aggregate` (keeps the graph)."""
-    return dipod_beta * aggregate(-elbo, valid, lengths)
+def dipod_regularizer(elbo: torch.Tensor, weights: torch.Tensor, dipod_beta: float) -> torch.Tensor:
+    """DiPOD: `dipod_beta * (-ELBO)` of the policy's own completions, weighted as the policy loss
+    (`sequence_weights`; keeps the graph)."""
+    return dipod_beta * (-elbo * weights).sum()
 
 
 def spg_eubo(

@@ -8,7 +8,6 @@ logits over the vocabulary: LLaDA and Dream (loaded natively, see `dipod_trl.fam
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import inspect
 import os
 from dataclasses import dataclass
@@ -19,34 +18,9 @@ from transformers.utils import logging
 
 from .block_attention import positions_of as positions_from_mask
 from .families import family_of, family_of_model, unwrap
+from .router_aux import recording
 
 logger = logging.get_logger(__name__)
-
-
-_ROUTER_AUX: contextvars.ContextVar[list | None] = contextvars.ContextVar("router_aux", default=None)
-
-
-@contextlib.contextmanager
-def router_aux_losses():
-    """Collect the MoE load-balancing loss of the likelihood forwards run inside (TRL's `router_aux_loss_coef`
-    term). Block-diffusion forwards carry their real tokens (`token_mask`), from which `BlockCausalMixin` computes
-    it; models without routers, or whose forward takes no `token_mask`, add nothing."""
-    collected: list[torch.Tensor] = []
-    token = _ROUTER_AUX.set(collected)
-    try:
-        yield collected
-    finally:
-        _ROUTER_AUX.reset(token)
-
-
-def _aux_kwargs(token_mask: torch.Tensor | None) -> dict:
-    return {"token_mask": token_mask} if token_mask is not None and _ROUTER_AUX.get() is not None else {}
-
-
-def _record_aux(out) -> None:
-    collected, aux = _ROUTER_AUX.get(), getattr(out, "aux_loss", None)
-    if collected is not None and isinstance(aux, torch.Tensor):
-        collected.append(aux)
 
 
 @dataclass(frozen=True)
@@ -94,8 +68,8 @@ class DiffusionLM:
     def logits(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                position_ids: torch.Tensor | None = None, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-position logits `(B, L, V)` where row `i` predicts token `i` (shift undone for Dream-style models)."""
-        out = model(input_ids=input_ids, **self.call_kwargs(attention_mask, position_ids), **_aux_kwargs(token_mask))
-        _record_aux(out)
+        with recording(model, _real_tokens(attention_mask, token_mask), input_ids):
+            out = model(input_ids=input_ids, **self.call_kwargs(attention_mask, position_ids))
         logits = out.logits if hasattr(out, "logits") else out[0]
         if self.shifted_logits:  # logits[i] predicts token i+1: position i is predicted by logits[i-1]
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
@@ -108,15 +82,22 @@ class DiffusionLM:
         """Logits `(N, V)` of the `N` positions where `keep (B, L)` is True, in row-major order.
 
         With `sparse_logits` the lm-head (and everything after it) runs on those positions only. `token_mask`: the
-        real tokens of a 4-D-masked forward, for the MoE aux loss (`router_aux_losses`).
+        real tokens of a 4-D-masked forward, for the MoE aux loss (`dipod_trl.router_aux`).
         """
         if not self.sparse_logits or (self.shifted_logits and bool(keep[:, 0].any())):
             return self.logits(model, input_ids, attention_mask, position_ids, token_mask)[keep]
         raw_keep = torch.cat([keep[:, 1:], keep[:, :1] & False], dim=1) if self.shifted_logits else keep
-        out = model(input_ids=input_ids, logits_to_keep=raw_keep, **self.call_kwargs(attention_mask, position_ids),
-                    **_aux_kwargs(token_mask))
-        _record_aux(out)
+        with recording(model, _real_tokens(attention_mask, token_mask), input_ids):
+            out = model(input_ids=input_ids, logits_to_keep=raw_keep, **self.call_kwargs(attention_mask, position_ids))
         return out.logits
+
+
+def _real_tokens(attention_mask: torch.Tensor | None, token_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The real tokens of a forward, over which the MoE aux loss is taken: `token_mask` for 4-D-masked calls,
+    else the 2-D padding mask (also when it is not passed to the model, LLaDA's convention), else every position."""
+    if token_mask is not None:
+        return token_mask
+    return attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
 
 
 def resolve_mask_token_id(model: nn.Module, tokenizer=None, mask_token_id: int | None = None) -> int:

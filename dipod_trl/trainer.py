@@ -27,6 +27,7 @@ from . import losses
 from .checkpoints import check_checkpoint, read_trainer_state, resolve_resume
 from .config import DiPODConfig
 from .estimators import iteration_seeds, per_token_weights, sample_seeds
+from .families import unwrap
 from .families.adapters import adapter_to_original_format, read_adapter_weights
 from .grpo_contract import check_contract
 from .guard import NonFiniteGuard
@@ -35,9 +36,9 @@ from .models import (
     diffusion_adapter,
     load_diffusion_model,
     prepare_for_training,
-    router_aux_losses,
     training_load_kwargs,
 )
+from .router_aux import router_aux_losses, router_modules
 from .sampler import diffusion_generate
 from .tasks import math_verify_timeouts
 from .validation import (
@@ -140,12 +141,12 @@ class DiPODTrainer(GRPOTrainer):
         )
         # The model's structure decides block_length (a canvas model's steps default to its generation config)
         args.resolve_blocks(self.dllm.block_size, default_steps=self.dllm.attention != "encoder_decoder")
-        if self.aux_loss_enabled and self.dllm.attention != "block_causal":
-            # The load-balancing loss comes from the block-diffusion forwards (`BlockCausalMixin`); other MoE models
+        if self.aux_loss_enabled and not router_modules(self.model)[0]:
+            # The load-balancing loss is taken from the routers transformers records; a model that records none
             # would add nothing, so say so instead of pretending
-            logger.warning("router_aux_loss_coef %s is not applied: the MoE load-balancing loss is computed for "
-                           "block-diffusion models only. Set router_aux_loss_coef=0.0 to silence this.",
-                           self.router_aux_loss_coef)
+            logger.warning("router_aux_loss_coef %s is not applied: %s records no router logits. Set "
+                           "router_aux_loss_coef=0.0 to silence this.", self.router_aux_loss_coef,
+                           type(unwrap(self.model)).__name__)
             self.aux_loss_enabled, self.router_aux_loss_coef = False, 0.0
         self._noise_options = check_noise_settings(args, self.dllm, self._tokenizer.eos_token_id, self.eos_token_ids)
         self._active_seeds: torch.Tensor | None = None
@@ -418,10 +419,10 @@ class DiPODTrainer(GRPOTrainer):
         view = self._likelihood_view(*self._joined(inputs))
         scored = view[2]
         valid = scored.sum(-1) > 0
-        lengths = scored.sum(-1) if args.sequence_aggregation == "length" else None
         if not valid.any():  # every completion masked (e.g. all truncated with mask_truncated_completions)
             self._log_mean(mode, "dipod/policy_loss", torch.zeros(()))
             return self._zero_loss(model, inputs, view)
+        weights = self._sequence_weights(scored, inputs, mode)
         with self._mask_seeds(inputs["mask_seeds"]):
             if args.likelihood_estimator == "one_step":
                 trl_inputs = {**inputs, "completion_mask": scored.to(inputs["completion_mask"].dtype)}
@@ -432,7 +433,7 @@ class DiPODTrainer(GRPOTrainer):
                 elbo = self._sequence_elbo(model, inputs, view) if args.dipod_beta > 0 else None
             else:
                 with router_aux_losses() as aux:
-                    policy_loss, elbo = self._elbo_policy_loss(model, inputs, mode, view, lengths)
+                    policy_loss, elbo = self._elbo_policy_loss(model, inputs, mode, view, weights)
                 loss = policy_loss / scale
                 policy_loss = policy_loss.detach()
                 if self.aux_loss_enabled:  # TRL's term, on the policy estimate's forwards (one_step: TRL adds it)
@@ -440,13 +441,27 @@ class DiPODTrainer(GRPOTrainer):
                     loss = loss + self.router_aux_loss_coef * aux_loss / scale
                     self._log_mean(mode, "aux_loss", aux_loss)
         if elbo is not None:
-            regularizer = losses.dipod_regularizer(elbo, valid, args.dipod_beta, lengths)
+            regularizer = losses.dipod_regularizer(elbo, weights, args.dipod_beta)
             if args.dipod_beta > 0:
                 loss = loss + regularizer / scale
             self._log_mean(mode, "dipod/elbo", losses.aggregate(elbo.detach(), valid))
             self._log_mean(mode, "dipod/regularizer", regularizer.detach())
         self._log_mean(mode, "dipod/policy_loss", policy_loss)
         return loss
+
+    def _sequence_weights(self, scored: torch.Tensor, inputs, mode: str) -> torch.Tensor:
+        """How this micro-batch's sequence losses are aggregated (`losses.sequence_weights`): the ELBO estimators'
+        `loss_type`, else `sequence_aggregation` (also one_step's DiPOD term; its policy loss is TRL's)."""
+        args = self.args
+        rule = args.loss_type
+        if args.likelihood_estimator == "one_step" or rule is None:
+            rule = args.sequence_aggregation
+        tokens = None
+        if rule == "dapo":  # TRL's normaliser: the generation batch's completion tokens, per process and micro-batch
+            tokens = inputs["num_items_in_batch"].float() / self.accelerator.num_processes
+            if mode == "train":
+                tokens = tokens / args.steps_per_generation
+        return losses.sequence_weights(scored.sum(-1), rule, args.max_completion_length, tokens)
 
     def _zero_loss(self, model, inputs, view) -> torch.Tensor:
         """Loss 0 with zero gradients, as TRL gives a batch with nothing to score: one scored position keeps the
@@ -468,31 +483,40 @@ class DiPODTrainer(GRPOTrainer):
                                        **self._elbo_kwargs(scored))
         return losses.sequence_elbo(per_token, scored, self.args.normalization)
 
-    def _elbo_policy_loss(self, model, inputs, mode: str, view, lengths) -> tuple[torch.Tensor, torch.Tensor]:
+    def _elbo_policy_loss(self, model, inputs, mode: str, view, weights) -> tuple[torch.Tensor, torch.Tensor]:
         """FPO or SPG loss of the micro-batch (before accumulation scaling) and the per-sequence ELBO it used."""
         args = self.args
         ids, attn, scored = view
         valid = scored.sum(-1) > 0
+        lengths = scored.sum(-1)
         advantages = inputs["advantages"]
         seeds = iteration_seeds(inputs["mask_seeds"], self._iteration())
-        bonus = self.entropy_coef != 0.0  # TRL's static entropy bonus, on the ELBO's own forwards
+        bonus = self._entropy_bonus_enabled  # TRL's entropy bonus (static or adaptive), on the ELBO's own forwards
         with self.accelerator.autocast():
-            logps, masks, weights, *entropies = elbo_draws(
+            logps, masks, weights_k, *entropies = elbo_draws(
                 model, self.dllm, ids, attn, scored.size(1), seeds, args.elbo_samples, compute_entropy=bonus,
                 **self._elbo_kwargs(scored))
-        per_token = (logps * per_token_weights(weights)).mean(0)
+        per_token = (logps * per_token_weights(weights_k)).mean(0)
         elbo = losses.sequence_elbo(per_token, scored, args.normalization)
 
         if args.likelihood_estimator == "spg":
-            eubo = losses.spg_eubo(logps, masks, weights, scored, args.spg_eubo_beta, args.normalization)
+            eubo = losses.spg_eubo(logps, masks, weights_k, scored, args.spg_eubo_beta, args.normalization)
             per_seq = losses.spg_policy_loss(elbo, eubo, advantages, args.spg_omega)
+            ratio = torch.exp(elbo - elbo.detach())  # on-policy: 1, with the gradient of the log-ratio
             self._log_mean(mode, "spg/eubo", losses.aggregate(eubo.detach(), valid))
         else:
             old = self._for_iteration(inputs.get("old_per_token_logps"))
             elbo_old = elbo.detach() if old is None else losses.sequence_elbo(old, scored, args.normalization)
+            per_token_scale = lengths if args.normalization == "sequence" else None  # ELBO summed over tokens
             per_seq, ratio = losses.fpo_policy_loss(
-                elbo, elbo_old, advantages, self.epsilon_low, self.epsilon_high, args.delta
+                elbo, elbo_old, advantages, self.epsilon_low, self.epsilon_high, args.delta,
+                lengths=per_token_scale if args.importance_sampling_level == "sequence" else None,
             )
+            if args.off_policy_mask_threshold is not None:  # TRL's OPSM, on the per-token sequence log-ratio
+                log_ratio = elbo - elbo_old
+                if per_token_scale is not None:
+                    log_ratio = log_ratio / per_token_scale.clamp(min=1)
+                per_seq = per_seq * losses.off_policy_keep(advantages, log_ratio, args.off_policy_mask_threshold)
             is_low = (ratio < 1 - self.epsilon_low) & (advantages < 0) & valid
             is_high = (ratio > 1 + self.epsilon_high) & (advantages > 0) & valid
             self._log_mean(mode, "clip_ratio/low_mean", losses.aggregate(is_low.float(), valid))
@@ -500,17 +524,44 @@ class DiPODTrainer(GRPOTrainer):
             self._log_mean(mode, "clip_ratio/region_mean", losses.aggregate((is_low | is_high).float(), valid))
         if self.beta != 0.0:
             ref = losses.sequence_elbo(self._for_iteration(inputs["ref_per_token_logps"]), scored, args.normalization)
-            kl = losses.elbo_kl(elbo, ref)
+            kl = losses.elbo_kl(elbo, ref, ratio if args.use_bias_correction_kl else None)
             per_seq = per_seq + self.beta * kl
             self._log_mean(mode, "kl", losses.aggregate(kl.detach(), valid))
-        loss = losses.aggregate(per_seq, valid, lengths)
-        if bonus:  # TRL's objective L = L_policy - coef * H, H the mean entropy at the masked (scored) positions
-            entropy = (entropies[0] * masks).sum() / masks.sum().clamp(min=1)
-            self._log_mean(mode, "policy_loss", loss.detach())
-            self._log_mean(mode, "entropy", entropy.detach())
-            self._log_mean(mode, "entropy_coef", torch.tensor(self.entropy_coef))
-            loss = loss - self.entropy_coef * entropy
+        loss = (per_seq * weights).sum()
+        if bonus:
+            loss = self._entropy_bonus(loss, entropies[0], masks, mode)
         return loss, elbo
+
+    def _entropy_bonus(self, loss: torch.Tensor, entropies: torch.Tensor, masks: torch.Tensor, mode: str):
+        """TRL's objective `L = L_policy - coef * H`, H the mean entropy at the ELBO draws' masked positions, with
+        TRL's adaptive controller (Skywork-OR1) when `use_adaptive_entropy`: the coefficient set at the last optimizer
+        step applies while that step's window-global entropy was at most `entropy_target`, and is moved by
+        `entropy_coef_delta` at each step boundary. The state lives in TRL's attributes, so TRL's checkpoint code
+        saves and restores it (`entropy_ctrl_state.json`)."""
+        args = self.args
+        masks = masks.to(entropies.dtype)
+        entropy = (entropies * masks).sum() / masks.sum().clamp(min=1)
+        apply_coef = self.entropy_coef
+        if self.use_adaptive_entropy and self._last_world_entropy > args.entropy_target:
+            apply_coef = 0.0
+        self._log_mean(mode, "policy_loss", loss.detach())
+        self._log_mean(mode, "entropy", entropy.detach())
+        if self.use_adaptive_entropy and mode == "train":
+            stats = torch.stack([(entropies * masks).sum(), masks.sum()]).detach().float()
+            window = self._entropy_window_stats
+            self._entropy_window_stats = stats if window is None else window + stats
+            if self.accelerator.sync_gradients:
+                totals = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
+                world_entropy = (totals[0] / totals[1].clamp(min=1.0)).item()
+                if world_entropy <= args.entropy_target:
+                    self.entropy_coef = min(self.entropy_coef + args.entropy_coef_delta, args.entropy_coef_max)
+                else:
+                    self.entropy_coef = max(self.entropy_coef - args.entropy_coef_delta, args.entropy_coef_min)
+                self._last_world_entropy = world_entropy
+                self._entropy_window_stats = None
+        if mode == "train" and self.accelerator.sync_gradients:  # TRL logs it once per optimizer step
+            self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
+        return loss - apply_coef * entropy
 
     @staticmethod
     def _joined(inputs) -> tuple[torch.Tensor, torch.Tensor, int]:

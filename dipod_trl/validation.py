@@ -188,7 +188,8 @@ def check_noise_settings(args, adapter, fill_token_id: int | None, eos_token_ids
     bad = [name for name, ok in (("likelihood_estimator", args.likelihood_estimator != "one_step"),
                                  ("elbo_masking", args.elbo_masking == "uniform"),
                                  ("after_eos", args.after_eos == "hidden"),
-                                 ("entropy_coef", args.entropy_coef == 0.0)) if not ok]
+                                 ("entropy_coef", args.entropy_coef == 0.0),
+                                 ("use_adaptive_entropy", not args.use_adaptive_entropy)) if not ok]
     if bad:
         raise ValueError(f"{bad}: a uniform-noise model (DiffusionGemma) has no mask token; use "
                          "likelihood_estimator 'elbo' or 'spg', elbo_masking 'uniform', after_eos 'hidden', and no "

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 TINY_ARCHS = ("modernbert", "gemma3", "llada", "dream")
+IN_MEMORY_ARCHS = ("moe",)  # built by build_tiny_model only: their classes are not registered with the Auto classes
 SPECIAL_TOKENS = ["<pad>", "<mask>", "<eos>", "<bos>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{% endfor %}"
@@ -100,9 +101,27 @@ def build_tiny_model(tokenizer, arch: str = "modernbert", hidden_size: int = 64,
         config = DreamConfig(**common, num_key_value_heads=2, max_position_embeddings=1024,
                              mask_token_id=tokenizer.mask_token_id, attn_implementation="sdpa")
         model = DreamForDiffusionLM(config)
+    elif arch == "moe":  # a bidirectional MoE (LLaDA-MoE's shape): Qwen3-MoE with full attention, top-2 of 4 experts
+        model = _bidirectional_moe(common, tokenizer.mask_token_id)
     else:
-        raise ValueError(f"Unknown tiny architecture {arch!r}; use one of {TINY_ARCHS}.")
+        raise ValueError(f"Unknown tiny architecture {arch!r}; use one of {TINY_ARCHS + IN_MEMORY_ARCHS}.")
     return model
+
+
+def _bidirectional_moe(common: dict, mask_token_id: int):
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    from dipod_trl.families.base import BidirectionalMixin
+
+    class BidirectionalQwen3Moe(BidirectionalMixin, Qwen3MoeForCausalLM):
+        """Qwen3-MoE with full attention: routers transformers records, so the MoE aux loss applies."""
+
+    hidden = common["hidden_size"]
+    config = Qwen3MoeConfig(**common, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=1024,
+                            moe_intermediate_size=hidden // 2, num_experts=4, num_experts_per_tok=2,
+                            decoder_sparse_step=1, mlp_only_layers=[], attn_implementation="sdpa")
+    config.mask_token_id = mask_token_id
+    return BidirectionalQwen3Moe(config)
 
 
 def save_tiny(output_dir: str, arch: str = "modernbert", hidden_size: int = 64, num_layers: int = 2) -> str:

@@ -111,6 +111,8 @@ def test_estimators_train_with_kl_accumulation_and_coupled_ratio(tmp_path, monke
 @pytest.mark.parametrize("setting, match", [
     ({"likelihood_estimator": "one_step"}, "likelihood_estimator"),
     ({"elbo_masking": "stratified"}, "elbo_masking"),
+    ({"entropy_coef": 0.01}, "entropy_coef"),
+    ({"use_adaptive_entropy": True}, "use_adaptive_entropy"),
     ({"top_k": 5}, "top_k"),
     ({"decoding_threshold": 0.9}, "decoding_threshold"),
     ({"remasking": "random"}, "remasking"),

@@ -279,5 +279,3 @@ def test_entropy_bonus_under_the_elbo_estimators_and_the_logged_terms_add_up(tmp
     for h in logs:
         assert h["entropy"] > 0 and h["entropy_coef"] == coef
         assert h["loss"] == pytest.approx(h["policy_loss"] - coef * h["entropy"] + h["dipod/regularizer"], abs=1e-3)
-    with pytest.raises(ValueError, match="use_adaptive_entropy"):
-        tiny_config(tmp_path, likelihood_estimator=estimator, use_adaptive_entropy=True)

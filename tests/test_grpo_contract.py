@@ -149,11 +149,38 @@ def test_accepted_values_and_partial_fields(tmp_path):
         make_config(tmp_path, generation_kwargs={"num_beams": 2, "t_min": 0.1, "suppress_tokens": [3]})
 
 
+@pytest.mark.parametrize("estimator", ["elbo", "spg"])
+def test_loss_options_under_the_elbo_estimators(tmp_path, estimator):
+    """loss_type aggregates the sequence losses (TRL's aggregations accepted, the other objectives refused by name);
+    importance_sampling_level and off_policy_mask_threshold need FPO's ratio; use_bias_correction_kl is read."""
+    for loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"):
+        assert make_config(tmp_path, likelihood_estimator=estimator, loss_type=loss_type).loss_type == loss_type
+    assert make_config(tmp_path, likelihood_estimator=estimator).loss_type is None  # sequence_aggregation decides
+    for loss_type in ("cispo", "sapo", "vespo"):
+        with pytest.raises(ValueError, match=f"loss_type='{loss_type}' is not honoured"):
+            make_config(tmp_path, likelihood_estimator=estimator, loss_type=loss_type)
+    with pytest.raises(ValueError, match="both set how the sequence losses are aggregated"):
+        make_config(tmp_path, likelihood_estimator=estimator, loss_type="dr_grpo", sequence_aggregation="length")
+    assert not make_config(tmp_path, likelihood_estimator=estimator, use_bias_correction_kl=False).use_bias_correction_kl
+    ratio_knobs = {"importance_sampling_level": "sequence", "off_policy_mask_threshold": 0.5}
+    for name, value in ratio_knobs.items():
+        if estimator == "elbo":
+            assert getattr(make_config(tmp_path, **{name: value}), name) == value
+        else:
+            with pytest.raises(ValueError, match=name):
+                make_config(tmp_path, likelihood_estimator="spg", **{name: value})
+
+
+def test_one_step_loss_type_defaults_to_trls(tmp_path):
+    assert make_config(tmp_path, likelihood_estimator="one_step").loss_type == GRPOConfig.loss_type == "dapo"
+    assert make_config(tmp_path, likelihood_estimator="one_step", loss_type="sapo").loss_type == "sapo"
+
+
 def test_every_refusal_of_a_config_is_reported_at_once(tmp_path):
     with pytest.raises(ValueError, match="2 settings are refused") as error:
-        make_config(tmp_path, loss_type="grpo", min_p=0.1)
+        make_config(tmp_path, loss_type="sapo", min_p=0.1)
     message = str(error.value)
-    assert "loss_type='grpo'" in message and "min_p=0.1" in message and "one_step" in message
+    assert "loss_type='sapo'" in message and "min_p=0.1" in message and "one_step" in message
 
 
 def test_readme_table_is_the_contract_table():

@@ -28,7 +28,7 @@ COMMON = dict(learning_rate=3e-6, adam_beta1=0.9, adam_beta2=0.99, weight_decay=
               diffusion_steps=128, remasking="low_confidence", lora_r=128, lora_alpha=64, lora_dropout=0.05,
               load_in_4bit=True, seed=42, dtype="bfloat16")
 D1 = dict(COMMON, per_device_train_batch_size=6, gradient_accumulation_steps=2, num_train_epochs=2, epsilon=0.5,
-          beta=0.04, temperature=0.9, score_eos=False)
+          beta=0.04, use_bias_correction_kl=False, temperature=0.9, score_eos=False)
 FPO = dict(D1, likelihood_estimator="elbo", elbo_samples=4, mask_redraw="fixed", after_eos="visible",
            sequence_aggregation="mean", normalization="sequence", num_iterations=12)
 DIFFU_GRPO = dict(D1, likelihood_estimator="one_step", p_mask_prompt=0.15, loss_type="bnpo",

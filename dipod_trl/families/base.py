@@ -7,7 +7,6 @@ renamed back by `save_pretrained`; the config classes read the Hub `config.json`
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -240,21 +239,8 @@ class BlockCausalMixin(BidirectionalMixin):
     """
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
-                labels=None, use_cache=None, logits_to_keep=0, token_mask=None, **kwargs):
-        """The base forward with block-causal attention. `token_mask (B, L)`: the real tokens of a 4-D-masked call;
-        an MoE model then returns transformers' load-balancing loss over them as `aux_loss` (its own computation
-        takes a 2-D padding mask only)."""
-        if token_mask is not None:
-            with _router_logits(self) as captured:
-                out = self.forward(input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, use_cache,
-                                   logits_to_keep, **kwargs)
-            if captured:
-                from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
-
-                experts = getattr(self.config, "num_experts", None) or self.config.n_routed_experts
-                out.aux_loss = load_balancing_loss_func(tuple(captured), experts, self.config.num_experts_per_tok,
-                                                        token_mask.to(out.logits.device))
-            return out
+                labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+        """The base forward with block-causal attention."""
         if attention_mask is None or attention_mask.dim() == 2:
             if cache is not None and cache.get_seq_length() > 0:
                 raise ValueError("With a filled KV cache, pass the 4-D block mask of the new tokens explicitly.")
@@ -268,24 +254,6 @@ class BlockCausalMixin(BidirectionalMixin):
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                cache=cache, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
                                logits_to_keep=logits_to_keep, **kwargs)
-
-
-@contextlib.contextmanager
-def _router_logits(model: nn.Module):
-    """The router logits of every MoE layer in one forward, recorded by hooks on the router modules transformers
-    itself records (`_can_record_outputs["router_logits"]`); empty for dense models."""
-    captured: list[torch.Tensor] = []
-    recorder = getattr(getattr(model, "model", None), "_can_record_outputs", None) or {}
-    spec = recorder.get("router_logits")
-    target, index = (getattr(spec, "target_class", None), getattr(spec, "index", 0)) if spec else (None, 0)
-    handles = [m.register_forward_hook(lambda _m, _i, out: captured.append(out[index] if isinstance(out, tuple)
-                                                                           else out))
-               for m in model.modules() if target is not None and isinstance(m, target)]
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def link_remote_code(config, save_directory: str) -> None:
