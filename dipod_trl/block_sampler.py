@@ -8,7 +8,7 @@ Generation goes on to the end of the block holding a row's last completion token
 the first `gen_length` completion tokens.
 
 Inside the active block, each step proposes a token for every masked position (Gumbel-max from the temperature-
-scaled, `top_k`/`top_p`-filtered distribution; temperature 0 is greedy) and reveals `schedule[step]` of them (the
+scaled, `top_k`/`top_p`/`min_p`-filtered distribution; temperature 0 is greedy) and reveals `schedule[step]` of them (the
 block length split over `steps_per_block`, capped by what is still masked): the most confident (`low_confidence`)
 or random ones (`random`). With `threshold` (SDAR's `low_confidence_dynamic`, LLaDA2's default 0.95), every proposal
 whose confidence exceeds it is revealed if there are at least `schedule[step]` of them, else the top
@@ -88,6 +88,7 @@ def block_diffusion_generate(
     temperature: float = 0.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    min_p: float | None = None,
     remasking: str = "low_confidence",
     threshold: float | None = None,
     kv_cache: bool = True,
@@ -130,7 +131,8 @@ def block_diffusion_generate(
                 if not masked.any():
                     break
                 logits = forward.block_logits(index)
-                proposal, confidence = _propose(logits, masked, temperature, top_k, top_p, remasking, generator)
+                proposal, confidence = _propose(logits, masked, temperature, top_k, top_p, min_p, remasking,
+                                                generator)
                 count = torch.minimum(masked.sum(1), torch.full_like(masked.sum(1), schedule[step]))
                 reveal = select_top(confidence, count)
                 if threshold is not None:
@@ -151,10 +153,10 @@ def block_diffusion_generate(
     return canvas.completion()
 
 
-def _propose(logits, masked, temperature, top_k, top_p, remasking, generator):
+def _propose(logits, masked, temperature, top_k, top_p, min_p, remasking, generator):
     """Proposals and confidences `(B, block)` at masked positions (-1 confidence elsewhere)."""
     chosen = logits[masked].float()
-    scaled = filter_logits(chosen / temperature if temperature > 0 else chosen, top_k, top_p)
+    scaled = filter_logits(chosen / temperature if temperature > 0 else chosen, top_k, top_p, min_p)
     tokens = gumbel_argmax(scaled, 1.0 if temperature > 0 else 0.0, generator)
     if remasking == "low_confidence":
         score = scaled.softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

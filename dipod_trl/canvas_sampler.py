@@ -41,13 +41,14 @@ IGNORED_SETTINGS = {
 # DiPODConfig's knobs of the mask-token samplers, at their defaults: `generate` has no such knob, so any other value
 # is refused (`check_mask_sampler_knobs`: at start-up by the trainer, and again by every call of the sampler).
 MASK_SAMPLER_KNOBS = {"remasking": "low_confidence", "decoding_threshold": None, "cfg_scale": 0.0, "kv_cache": None,
-                      "top_k": 0, "top_p": 1.0}
+                      "top_k": 0, "top_p": 1.0, "min_p": None}
 
 
 def check_mask_sampler_knobs(**knobs) -> None:
-    """Refuse, by name, the `MASK_SAMPLER_KNOBS` set away from their defaults (`top_k` None = 0, `top_p` None = 1)."""
+    """Refuse, by name, the `MASK_SAMPLER_KNOBS` set away from their defaults (`top_k` None = 0, `top_p` None = 1,
+    `min_p` 0 = None)."""
     normalised = {**knobs, "top_k": knobs.get("top_k") or 0,
-                  "top_p": 1.0 if knobs.get("top_p") is None else knobs["top_p"]}
+                  "top_p": 1.0 if knobs.get("top_p") is None else knobs["top_p"], "min_p": knobs.get("min_p") or None}
     bad = [name for name, default in MASK_SAMPLER_KNOBS.items() if name in knobs and normalised[name] != default]
     if bad:
         raise ValueError(f"{bad}: DiffusionGemma samples with its own generate (entropy-bound sampler), which has no "

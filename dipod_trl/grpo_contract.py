@@ -104,7 +104,7 @@ def _unknown_sampler_settings(value: Any) -> str | None:
         return None
     return (f"generation_kwargs key(s) {unknown} are read by no diffusion sampler: the mask-token samplers take no "
             "generation_kwargs (use DiPODConfig's sampler fields: diffusion_steps, remasking, cfg_scale, "
-            "decoding_threshold, kv_cache, temperature, top_k, top_p); DiffusionGemma's reads "
+            "decoding_threshold, kv_cache, temperature, top_k, top_p, min_p); DiffusionGemma's reads "
             f"{list(SAMPLER_SETTINGS)}.")
 
 
@@ -148,14 +148,15 @@ GROUPS: tuple[tuple[str, dict[str, Entry | dict[str, Entry]]], ...] = (
                           "(sampler.filter_logits, full-attention and block samplers); confidences are read from "
                           "the filtered distribution; DiffusionGemma's own sampler has none and refuses it by name"),
         "top_k": honoured("top-k filter on the sampler's proposal distribution, as top_p"),
-        "min_p": refused("the diffusion sampler has no min-p filter; use top_p or top_k"),
+        "min_p": honoured("min-p filter (transformers': keep tokens at least min_p times as likely as the most "
+                          "likely one) on the sampler's proposal distribution, after top_k and top_p, as top_p"),
         "repetition_penalty": refused("not implemented by the diffusion sampler, which reveals tokens in parallel "
                                       "rather than left to right; leave it at 1.0"),
         "generation_kwargs": mapped(
             "the settings of DiffusionGemma's own sampler (dipod_trl.canvas_sampler.SAMPLER_SETTINGS: "
             "max_denoising_steps, t_min, t_max, entropy_bound, ...); any other key is refused by name, and the "
             "mask-token samplers (LLaDA, Dream, SDAR, LLaDA2, masked LMs) take none: use DiPODConfig's sampler fields "
-            "(diffusion_steps, remasking, cfg_scale, decoding_threshold, kv_cache, temperature, top_k, top_p)",
+            "(diffusion_steps, remasking, cfg_scale, decoding_threshold, kv_cache, temperature, top_k, top_p, min_p)",
             check=_unknown_sampler_settings),
         "cache_implementation": refused("it configures model.generate's KV cache for autoregressive sampling; the "
                                         "diffusion samplers' cache is DiPODConfig's kv_cache ('none', 'prefix', "

@@ -83,6 +83,7 @@ def diffusion_generate(
     top_p: float = 1.0,
     pad_token_id: int = 0,
     sampler_settings: dict | None = None,
+    min_p: float | None = None,
 ) -> torch.Tensor:
     """Generate `gen_length` tokens after each left-padded prompt; returns the completions `(B, gen_length)`.
 
@@ -96,7 +97,8 @@ def diffusion_generate(
 
     Invariants: prompt tokens never change; no mask token remains; a fixed `generator` seed gives the same output.
     The lm-head runs on the active block only (`adapter.sparse_logits`) and noise is drawn for masked positions only.
-    `top_k` / `top_p` filter the proposal distribution; confidences are read from the filtered distribution.
+    `top_k` / `top_p` / `min_p` filter the proposal distribution (after the temperature, in transformers' order);
+    confidences are read from the filtered distribution.
 
     Encoder-decoder canvas models (DiffusionGemma) sample with their own `generate` (`canvas_generate`): their
     knobs are `sampler_settings` (`canvas_sampler.SAMPLER_SETTINGS`, e.g. `t_min`, `t_max`), `steps` is spread over
@@ -110,14 +112,14 @@ def diffusion_generate(
     if adapter.attention == "encoder_decoder":
         return _generate_canvases(model, prompt_ids, prompt_mask, gen_length, block_length, steps, temperature,
                                   remasking, cfg_scale, threshold, kv_cache, eos_token_ids, stats, top_k, top_p,
-                                  pad_token_id, sampler_settings)
+                                  pad_token_id, sampler_settings, min_p)
     if sampler_settings:
         raise ValueError(f"Unknown sampler setting(s) {sorted(sampler_settings)} (generation_kwargs): this sampler "
                          "takes none; use the named DiPODConfig knobs (temperature, top_k, top_p, remasking, ...).")
     if adapter.block_size is not None:
         return _generate_blocks(model, adapter, prompt_ids, prompt_mask, gen_length, block_length, steps, temperature,
                                 remasking, cfg_scale, generator, threshold, kv_cache, eos_token_ids, stats, top_k,
-                                top_p, pad_token_id)
+                                top_p, pad_token_id, min_p)
     kv_cache = kv_cache or "none"
     if gen_length % block_length != 0:
         raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length}).")
@@ -161,7 +163,8 @@ def diffusion_generate(
                 else:
                     logits = _block_logits(model, adapter, x, attention_mask, is_prompt, cfg_scale, start, end)
                 forwards += 1
-                proposal, confidence = _propose(logits, masked, mask_id, temperature, remasking, generator, top_k, top_p)
+                proposal, confidence = _propose(logits, masked, mask_id, temperature, remasking, generator, top_k, top_p,
+                                                min_p)
                 if threshold is None:
                     reveal = select_top(confidence, schedule[:, step])
                 else:  # everything confident enough, and at least the most confident masked token of each row
@@ -179,7 +182,8 @@ def diffusion_generate(
 
 
 def _generate_blocks(model, adapter, prompt_ids, prompt_mask, gen_length, block_length, steps, temperature, remasking,
-                     cfg_scale, generator, threshold, kv_cache, eos_token_ids, stats, top_k, top_p, pad_token_id):
+                     cfg_scale, generator, threshold, kv_cache, eos_token_ids, stats, top_k, top_p, pad_token_id,
+                     min_p):
     from .block_sampler import block_diffusion_generate
 
     block = adapter.block_size
@@ -196,18 +200,18 @@ def _generate_blocks(model, adapter, prompt_ids, prompt_mask, gen_length, block_
     return block_diffusion_generate(
         model, adapter, prompt_ids, prompt_mask, gen_length=gen_length,
         steps_per_block=block_steps(steps, gen_length, block),
-        temperature=temperature, top_k=top_k, top_p=top_p, remasking=remasking, threshold=threshold,
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, remasking=remasking, threshold=threshold,
         kv_cache=kv_cache != "none", eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, generator=generator,
         stats=stats)
 
 
 def _generate_canvases(model, prompt_ids, prompt_mask, gen_length, block_length, steps, temperature, remasking,
                        cfg_scale, threshold, kv_cache, eos_token_ids, stats, top_k, top_p, pad_token_id,
-                       sampler_settings):
+                       sampler_settings, min_p):
     from .canvas_sampler import canvas_generate, check_mask_sampler_knobs
 
     check_mask_sampler_knobs(remasking=remasking, decoding_threshold=threshold, cfg_scale=cfg_scale,
-                             kv_cache=kv_cache, top_k=top_k, top_p=top_p)
+                             kv_cache=kv_cache, top_k=top_k, top_p=top_p, min_p=min_p)
     settings = dict(sampler_settings or {})
     generation = unwrap(model).generation_config
     if temperature != 1.0 and "t_min" not in settings and "t_max" not in settings:
@@ -223,8 +227,14 @@ def _generate_canvases(model, prompt_ids, prompt_mask, gen_length, block_length,
                            pad_token_id=pad_token_id, stats=stats, **settings)
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Keep the `top_k` largest logits and the smallest nucleus of mass `>= top_p` (the rest set to -inf)."""
+def filtering(top_k: int | None = 0, top_p: float | None = 1.0, min_p: float | None = None) -> bool:
+    """Whether any of the proposal filters is active."""
+    return bool(top_k) or (top_p is not None and top_p < 1.0) or bool(min_p)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float | None = None) -> torch.Tensor:
+    """Keep the `top_k` largest logits, the smallest nucleus of mass `>= top_p`, and the tokens at least `min_p`
+    times as likely as the most likely one (transformers' min-p); the rest set to -inf, in that order."""
     if top_k and 0 < top_k < logits.size(-1):
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -torch.inf)
@@ -233,12 +243,15 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         probs = ordered.float().softmax(-1)
         drop = (probs.cumsum(-1) - probs) >= top_p  # tokens after the nucleus is complete
         logits = logits.masked_fill(drop.scatter(-1, order, drop), -torch.inf)
+    if min_p:
+        probs = logits.float().softmax(-1)
+        logits = logits.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), -torch.inf)
     return logits
 
 
 def _propose(
     logits: torch.Tensor, masked: torch.Tensor, mask_id: int, temperature: float, remasking: str,
-    generator: torch.Generator | None, top_k: int = 0, top_p: float = 1.0,
+    generator: torch.Generator | None, top_k: int = 0, top_p: float = 1.0, min_p: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Proposed tokens and their confidence `(B, block)` at masked positions (-1 confidence elsewhere).
 
@@ -246,8 +259,9 @@ def _propose(
     """
     chosen = logits[masked]
     chosen[:, mask_id] = -torch.inf
-    if top_k or (top_p is not None and top_p < 1.0):  # TRL's order: temperature first, then the filters
-        support = filter_logits(chosen / temperature if temperature > 0 else chosen, top_k, top_p) > -torch.inf
+    if filtering(top_k, top_p, min_p):  # TRL's order: temperature first, then the filters
+        scaled = chosen / temperature if temperature > 0 else chosen
+        support = filter_logits(scaled, top_k, top_p, min_p) > -torch.inf
         chosen = chosen.masked_fill(~support, -torch.inf)
     tokens = gumbel_argmax(chosen, temperature, generator)
     if remasking == "low_confidence":

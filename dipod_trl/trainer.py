@@ -288,6 +288,7 @@ class DiPODTrainer(GRPOTrainer):
                 eos_token_ids=self.eos_token_ids if args.stop_at_eos else None,
                 top_k=args.top_k,
                 top_p=args.top_p,
+                min_p=args.min_p,
                 pad_token_id=self._tokenizer.pad_token_id,
                 sampler_settings=args.generation_kwargs,
                 generator=None,  # the global RNG: seeded per rank by TRL and saved/restored with checkpoints

@@ -114,6 +114,7 @@ def test_estimators_train_with_kl_accumulation_and_coupled_ratio(tmp_path, monke
     ({"entropy_coef": 0.01}, "entropy_coef"),
     ({"use_adaptive_entropy": True}, "use_adaptive_entropy"),
     ({"top_k": 5}, "top_k"),
+    ({"min_p": 0.1}, "min_p"),
     ({"decoding_threshold": 0.9}, "decoding_threshold"),
     ({"remasking": "random"}, "remasking"),
     ({"generation_kwargs": {"temperature": 0.5}}, "temperature"),

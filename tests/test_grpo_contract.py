@@ -178,9 +178,9 @@ def test_one_step_loss_type_defaults_to_trls(tmp_path):
 
 def test_every_refusal_of_a_config_is_reported_at_once(tmp_path):
     with pytest.raises(ValueError, match="2 settings are refused") as error:
-        make_config(tmp_path, loss_type="sapo", min_p=0.1)
+        make_config(tmp_path, loss_type="sapo", repetition_penalty=1.1)
     message = str(error.value)
-    assert "loss_type='sapo'" in message and "min_p=0.1" in message and "one_step" in message
+    assert "loss_type='sapo'" in message and "repetition_penalty=1.1" in message and "one_step" in message
 
 
 def test_readme_table_is_the_contract_table():
