@@ -266,10 +266,11 @@ def test_per_token_logps_work_outside_a_rollout_with_fresh_seeds(tmp_path, token
     assert torch.equal(first, again)  # the seeds come from torch's RNG, so a seeded call is reproducible
 
 
-@pytest.mark.parametrize("estimator", ["elbo", "spg"])
+@pytest.mark.parametrize("estimator", ["elbo", "spg", "one_step"])
 def test_entropy_bonus_under_the_elbo_estimators_and_the_logged_terms_add_up(tmp_path, tokenizer, estimator):
     """entropy_coef under FPO/SPG: TRL's L = L_policy - coef * H with H the mean entropy at the ELBO's masked
-    positions, TRL's metrics logged, and policy_loss - coef * entropy + the DiPOD term = the logged loss."""
+    positions, TRL's metrics logged, and policy_loss - coef * entropy + the DiPOD term = the logged loss (also under
+    one_step, where TRL computes the first two and the DiPOD term is added after)."""
     coef = 0.5
     trainer = tiny_trainer(tokenizer, tmp_path, likelihood_estimator=estimator, entropy_coef=coef, max_steps=2,
                            save_strategy="no")
