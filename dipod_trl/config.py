@@ -301,8 +301,9 @@ class DiPODConfig(GRPOConfig):
             # DeepSpeed/Accelerate on CPU otherwise count one process and fail the batch-size checks.
             self.ddp_backend = "gloo"
         _check_numbers(self)
-        if self.loss_type is None and self.likelihood_estimator == "one_step":
-            self.loss_type = TRL_DEFAULT_LOSS_TYPE  # TRL's token-level loss, TRL's default
+        if self.likelihood_estimator == "one_step":
+            if self.loss_type is None:
+                self.loss_type = TRL_DEFAULT_LOSS_TYPE  # TRL's token-level loss, TRL's default
         elif self.loss_type is not None and self.sequence_aggregation != "mean":
             raise ValueError(f"loss_type={self.loss_type!r} and sequence_aggregation={self.sequence_aggregation!r} "
                              "both set how the sequence losses are aggregated; set one (sequence_aggregation='length' "

@@ -174,6 +174,9 @@ def test_loss_options_under_the_elbo_estimators(tmp_path, estimator):
 def test_one_step_loss_type_defaults_to_trls(tmp_path):
     assert make_config(tmp_path, likelihood_estimator="one_step").loss_type == GRPOConfig.loss_type == "dapo"
     assert make_config(tmp_path, likelihood_estimator="one_step", loss_type="sapo").loss_type == "sapo"
+    # one_step's loss_type is TRL's token loss; sequence_aggregation still weights its DiPOD term
+    config = make_config(tmp_path, likelihood_estimator="one_step", loss_type="bnpo", sequence_aggregation="length")
+    assert (config.loss_type, config.sequence_aggregation) == ("bnpo", "length")
 
 
 def test_every_refusal_of_a_config_is_reported_at_once(tmp_path):
