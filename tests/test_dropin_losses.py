@@ -146,12 +146,12 @@ def test_adaptive_entropy_follows_trls_controller_and_is_checkpointed(tmp_path, 
     """Entropy under the target: the coefficient rises by delta per step, and the one set at the previous step
     applies (none at the first, TRL's conservative start). Above the target it falls and never applies. The state
     is saved with the checkpoint as TRL saves it."""
-    def run(target: float, folder: str) -> DiPODTrainer:
+    def run(target: float, folder: str, steps: int = 3, resume: str | None = None) -> DiPODTrainer:
         model = build_tiny_model(tokenizer, "modernbert")
-        trainer = _trainer(model, tokenizer, tmp_path / folder, likelihood_estimator=estimator, max_steps=3,
+        trainer = _trainer(model, tokenizer, tmp_path / folder, likelihood_estimator=estimator, max_steps=steps,
                            use_adaptive_entropy=True, entropy_coef=0.1, entropy_coef_delta=0.05,
                            entropy_coef_min=0.02, entropy_target=target, save_strategy="steps", save_steps=3)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
         return trainer
 
     rising = run(100.0, "rising")
@@ -162,6 +162,11 @@ def test_adaptive_entropy_follows_trls_controller_and_is_checkpointed(tmp_path, 
         assert h["loss"] == pytest.approx(h["policy_loss"] - coef * h["entropy"], abs=1e-3)
     state = json.loads((tmp_path / "rising" / "out" / "checkpoint-3" / "entropy_ctrl_state.json").read_text())
     assert state["entropy_coef"] == pytest.approx(0.25) and state["last_world_entropy"] < 100.0
+    checkpoint = str(tmp_path / "rising" / "out" / "checkpoint-3")
+    resumed = run(100.0, "rising", steps=4, resume=checkpoint)  # the controller continues where it stopped
+    last = [h for h in resumed.state.log_history if "loss" in h and "entropy" in h][-1]
+    assert last["entropy_coef"] == pytest.approx(0.3)
+    assert last["loss"] == pytest.approx(last["policy_loss"] - 0.25 * last["entropy"], abs=1e-3)
 
     falling = run(0.0, "falling")
     logs = [h for h in falling.state.log_history if "loss" in h and "entropy" in h]
