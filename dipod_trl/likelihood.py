@@ -235,6 +235,13 @@ def elbo_draws(
     return logps, draw.masks, draw.weights
 
 
+def mean_over_masked_draws(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per position `(B, C)`: the mean of `values (S, B, C)` over the draws that masked it (0 where none did), e.g.
+    the predictive entropy at each scored position."""
+    hits = masks.to(values.dtype)
+    return (values * hits).sum(0) / hits.sum(0).clamp(min=1.0)
+
+
 def elbo_per_token(*args, **kwargs) -> torch.Tensor:
     """Monte-Carlo ELBO per token `(B, C)`: `mean_s w_s * 1[i in M_s] * log p(x_i | x_masked)` (`w_s = L/k_s` for
     plain MC).

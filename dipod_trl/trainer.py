@@ -31,7 +31,7 @@ from .families import unwrap
 from .families.adapters import adapter_to_original_format, read_adapter_weights
 from .grpo_contract import check_contract
 from .guard import NonFiniteGuard
-from .likelihood import elbo_draws, elbo_per_token, eos_convention, one_step_logps
+from .likelihood import elbo_draws, elbo_per_token, eos_convention, mean_over_masked_draws, one_step_logps
 from .models import (
     diffusion_adapter,
     load_diffusion_model,
@@ -399,15 +399,24 @@ class DiPODTrainer(GRPOTrainer):
         return torch.stack(collected).mean() if collected else torch.zeros((), device=self.accelerator.device)
 
     def _per_token_terms(self, model, ids, attn, c, seeds, scored, batch_size, compute_entropy):
+        """Per-token terms `(B, C)` of the estimator and, if asked, the per-token predictive entropies at the scored
+        positions (ELBO estimators: averaged over the draws that masked each position), with gradients only while
+        the entropy bonus is on, as TRL."""
         with self.accelerator.autocast():
             if self.args.likelihood_estimator == "one_step":
-                return one_step_logps(
+                logps, entropies = one_step_logps(
                     model, self.dllm, ids, attn, c, seeds, self.args.p_mask_prompt, compute_entropy=compute_entropy,
                     batch_size=batch_size, scored=scored, keep_unscored=self.args.after_eos == "visible",
                 )
-            logps = elbo_per_token(model, self.dllm, ids, attn, c, seeds, self.args.elbo_samples,
-                                   **self._elbo_kwargs(scored))
-        return logps, (torch.zeros_like(logps) if compute_entropy else None)
+            else:
+                logps, masks, weights, *drawn = elbo_draws(model, self.dllm, ids, attn, c, seeds,
+                                                           self.args.elbo_samples, compute_entropy=compute_entropy,
+                                                           **self._elbo_kwargs(scored))
+                entropies = mean_over_masked_draws(drawn[0], masks) if compute_entropy else None
+                logps = (logps * per_token_weights(weights)).mean(0)
+        if entropies is not None and not self._entropy_bonus_enabled:
+            entropies = entropies.detach()
+        return logps, entropies
 
     # ----------------------------------------------------------------------------------------------------------------
     # 4. Losses

@@ -239,3 +239,32 @@ def test_trls_loss_options_train_the_shared_llada_and_dream(tmp_path, name, esti
     applied = [0.0, logs[0]["entropy_coef"]]  # TRL's controller: none at the first step, then the last coefficient
     for h, coef in zip(logs, applied):
         assert h["loss"] == pytest.approx(h["policy_loss"] - coef * h["entropy"] + h["dipod/regularizer"], abs=1e-3)
+
+
+@pytest.mark.parametrize("estimator", ["elbo", "spg", "one_step"])
+def test_per_token_entropies_are_the_predictive_entropies_at_the_scored_positions(tmp_path, tokenizer, tiny_model,
+                                                                                  estimator):
+    """TRL's signature with compute_entropy: real entropies (not zeros) at the positions the estimate scores, between
+    0 and log V, with gradients only while the entropy bonus is on (as TRL)."""
+    trainer = _trainer(tiny_model, tokenizer, tmp_path, likelihood_estimator=estimator, entropy_coef=0.1)
+    ids = torch.randint(10, 60, (3, 14), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    torch.manual_seed(0)
+    logps, entropies, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 8,
+                                                                     compute_entropy=True)
+    assert entropies.shape == (3, 8) and entropies.requires_grad
+    scored = logps != 0
+    assert scored.any() and (entropies[scored] > 0).all()
+    assert (entropies <= torch.log(torch.tensor(float(len(tokenizer)))) + 1e-4).all()
+    assert (entropies[~scored] == 0).all()
+    trainer._entropy_bonus_enabled = False
+    _, detached, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 8, compute_entropy=True)
+    assert not detached.requires_grad
+
+
+def test_mean_over_masked_draws():
+    from dipod_trl.likelihood import mean_over_masked_draws
+
+    values = torch.tensor([[[1.0, 2.0, 3.0]], [[5.0, 6.0, 7.0]]])
+    masks = torch.tensor([[[True, True, False]], [[True, False, False]]])
+    assert mean_over_masked_draws(values, masks).tolist() == [[3.0, 2.0, 0.0]]
