@@ -15,7 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # tin
 from tiny import build_tiny_model, build_tiny_tokenizer, save_tiny  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread per xdist worker: `-n 2` on 2 cores with 2 threads each oversubscribes them, and OpenMP's spin-waiting
+# then slows small forwards down by an order of magnitude.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(scope="session")
