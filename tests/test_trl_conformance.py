@@ -603,6 +603,21 @@ def test_train_with_mask_truncated_completions_all_masked(reward_model, tmp_path
         assert torch.equal(param, trainer.model.get_parameter(name)), f"Parameter {name} has changed."
 
 
+def test_train_with_mask_truncated_completions(reward_model, tmp_path, monkeypatch):
+    """TRL mocks model.generate; here the diffusion sampler returns TRL's three kinds of completion: truncated, with
+    an EOS, and with the EOS at the very end. dapo normalises by num_items_in_batch, which excludes the truncated."""
+    def fake_generate(model, adapter, prompt_ids, prompt_mask, gen_length, **kwargs):
+        eos = kwargs["eos_token_ids"][0] if kwargs.get("eos_token_ids") else 2
+        rows = [[20 + i for i in range(gen_length)],
+                [30, 31, 32] + [eos] * (gen_length - 3),
+                [40 + i for i in range(gen_length - 1)] + [eos]]
+        return torch.tensor([rows[i % 3] for i in range(prompt_ids.size(0))], device=prompt_ids.device)
+
+    monkeypatch.setattr("dipod_trl.trainer.diffusion_generate", fake_generate)
+    args = grpo_args(tmp_path, mask_truncated_completions=True, loss_type="dapo")
+    train_and_check(DiPODTrainer(model=LLADA, reward_funcs=reward_model, args=args, train_dataset=zen()))
+
+
 def test_train_num_generations_larger_than_batch_size(reward_model, tmp_path):
     args = grpo_args(tmp_path, num_generations=6, gradient_accumulation_steps=2)
     train_and_check(DiPODTrainer(model=LLADA, reward_funcs=reward_model, args=args, train_dataset=zen()))
