@@ -22,11 +22,11 @@ _COLLECTED: contextvars.ContextVar[list | None] = contextvars.ContextVar("router
 
 
 @contextlib.contextmanager
-def router_aux_losses():
+def router_aux_losses(enabled: bool = True):
     """Collect the load-balancing loss of every likelihood forward run inside (a list of scalars; empty when the
-    model has no router the hooks can find)."""
+    model has no router the hooks can find, or when not `enabled`: then no hook is registered at all)."""
     collected: list[torch.Tensor] = []
-    token = _COLLECTED.set(collected)
+    token = _COLLECTED.set(collected if enabled else None)
     try:
         yield collected
     finally:

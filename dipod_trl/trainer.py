@@ -386,7 +386,7 @@ class DiPODTrainer(GRPOTrainer):
             if self._redraws_masks() and self.model.training:
                 iterations = list(range(self.num_iterations))  # old/ref for every iteration's masks: (B, I, C)
         ids, attn, scored = self._likelihood_view(input_ids, attention_mask, logits_to_keep)
-        with router_aux_losses() as aux:
+        with router_aux_losses(enabled=compute_aux_loss) as aux:
             terms = [self._per_token_terms(model, ids, attn, logits_to_keep, iteration_seeds(seeds, it), scored,
                                            batch_size, compute_entropy) for it in iterations]
         aux_loss = self._mean_aux(aux) if compute_aux_loss else None  # TRL adds router_aux_loss_coef * aux_loss
@@ -442,7 +442,7 @@ class DiPODTrainer(GRPOTrainer):
                 policy_loss = loss.detach() * scale
                 elbo = self._sequence_elbo(model, inputs, view) if args.dipod_beta > 0 else None
             else:
-                with router_aux_losses() as aux:
+                with router_aux_losses(enabled=self.aux_loss_enabled) as aux:
                     policy_loss, elbo = self._elbo_policy_loss(model, inputs, mode, view, weights)
                 loss = policy_loss / scale
                 policy_loss = policy_loss.detach()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_dropin_losses import assert_aux_loss_is_added_and_logged
 from test_evaluate import load_cli
 from test_families_training import _script_args, deepspeed_run_saves_hub_format, lora_run_and_resume
 from test_trainer import digit_reward, logged, make_config, make_dataset
@@ -155,9 +156,4 @@ def test_moe_router_aux_loss_is_added_and_logged_under_every_estimator(tmp_path,
         trainer.train()
         return trainer
 
-    on, off = run(10.0), run(0.0)
-    aux = logged(on, "aux_loss")
-    assert aux and all(a >= 1.0 for a in aux)  # a load-balancing loss is >= 1 (1 when perfectly balanced)
-    assert not logged(off, "aux_loss")
-    assert logged(on, "loss")[0] == pytest.approx(logged(off, "loss")[0] + 10.0 * aux[0], rel=1e-3, abs=1e-3)
-    assert run(None).router_aux_loss_coef == pytest.approx(0.001)
+    assert_aux_loss_is_added_and_logged(run, config_coef=0.001)

@@ -191,6 +191,9 @@ def test_aux_loss_of_a_bidirectional_moe_is_transformers_own(tokenizer):
     with router_aux_losses() as unmasked:
         dllm.logits(model, ids, None)
     assert not torch.allclose(unmasked[0], own, atol=1e-4)  # padding would count without the mask
+    with router_aux_losses(enabled=False) as disabled:  # no hooks, nothing computed
+        dllm.logits(model, ids, mask)
+    assert disabled == []
 
 
 @pytest.mark.parametrize("estimator", ["elbo", "one_step", "spg"])
@@ -204,12 +207,18 @@ def test_bidirectional_moe_aux_loss_is_added_and_logged_under_every_estimator(tm
         trainer.train()
         return trainer
 
+    assert_aux_loss_is_added_and_logged(run, config_coef=0.001)  # Qwen3-MoE's config value, as TRL takes it
+
+
+def assert_aux_loss_is_added_and_logged(run, config_coef: float) -> None:
+    """`run(coef)` trains one step with router_aux_loss_coef=coef: coef 10 logs the load-balancing loss and moves
+    the loss by 10 * aux_loss, 0.0 logs none, and None takes the model config's coefficient (as TRL)."""
     on, off = run(10.0), run(0.0)
     aux = logged(on, "aux_loss")
     assert aux and all(a >= 1.0 for a in aux)  # a load-balancing loss is >= 1 (1 when perfectly balanced)
     assert not logged(off, "aux_loss")
     assert logged(on, "loss")[0] == pytest.approx(logged(off, "loss")[0] + 10.0 * aux[0], rel=1e-3, abs=1e-3)
-    assert run(None).router_aux_loss_coef == pytest.approx(0.001)  # Qwen3-MoE's config value, as TRL takes it
+    assert run(None).router_aux_loss_coef == pytest.approx(config_coef)
 
 
 # ------------------------------------------------------------------------------ on the shared LLaDA / Dream fixtures
